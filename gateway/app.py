@@ -1,0 +1,147 @@
+"""The Starlette application: routes and middleware, wired once at start-up."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.auth import ConfigKeyAuthenticator
+from gateway.backends import Backend
+from gateway.completions import CompletionService
+from gateway.config import MuxgateConfig
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_response
+from gateway.metrics import GatewayMetrics
+from policies.router import AUTO, Router
+from workers.types import ModelInfo
+
+log = logging.getLogger("muxgate.gateway")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (x-request-id on the response) and a start time."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = secrets.token_hex(12)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = time.perf_counter()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class Gateway:
+    """Everything a handler needs, built once."""
+
+    def __init__(self, config: MuxgateConfig, backend: Backend, authenticator=None):
+        self.config = config
+        self.backend = backend
+        self.metrics = GatewayMetrics()
+        self.authenticator = authenticator or ConfigKeyAuthenticator.from_config(config.keys)
+        self.router = Router(config.routing, [m.name for m in config.models])
+        self.completions = CompletionService(backend, self.router, self.authenticator.authenticate,
+                                             self.metrics, config.server)
+        self.model_infos: dict[str, ModelInfo] = {}
+        self.created = int(time.time())
+
+    async def refresh_models(self) -> None:
+        self.model_infos = {m.name: m for m in await self.backend.models()}
+
+
+def _endpoint(handler):
+    """Run a handler; any exception becomes OpenAI's error body with the right status."""
+
+    async def endpoint(request: Request) -> Response:
+        gw: Gateway = request.app.state.gateway
+        try:
+            return await handler(gw, request)
+        except Exception as exc:
+            response = error_response(exc, request.state.request_id)
+            code = exc.code if isinstance(exc, GatewayError) else getattr(exc, "code", "internal_error")
+            gw.metrics.errors.labels(str(response.status_code), str(code)).inc()
+            return response
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+async def chat_completions(gw: Gateway, request: Request) -> Response:
+    return await gw.completions.handle(request, chat=True)
+
+
+async def completions(gw: Gateway, request: Request) -> Response:
+    return await gw.completions.handle(request, chat=False)
+
+
+async def list_models(gw: Gateway, request: Request) -> Response:
+    gw.authenticator.authenticate(request.headers.get("authorization"))
+    if not gw.model_infos:
+        await gw.refresh_models()
+    data = [{"id": AUTO, "object": "model", "created": gw.created, "owned_by": "muxgate"}]
+    for m in gw.config.models:
+        info = gw.model_infos.get(m.name)
+        entry = {"id": m.name, "object": "model", "created": gw.created, "owned_by": "muxgate"}
+        if info is not None:
+            entry.update(context_length=info.context_length, parameters=info.parameters)
+        data.append(entry)
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def healthz(gw: Gateway, request: Request) -> Response:
+    return JSONResponse({"status": "ok", "models": len(gw.config.models)})
+
+
+async def metrics(gw: Gateway, request: Request) -> Response:
+    return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
+
+
+async def _http_exception(request: Request, exc: HTTPException) -> Response:
+    rid = request.scope.get("state", {}).get("request_id", "-")
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."), rid)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Unknown path {request.url.path}."), rid)
+    return error_response(GatewayError(str(exc.detail)), rid)
+
+
+def create_app(config: MuxgateConfig, backend: Backend, authenticator=None) -> Starlette:
+    gateway = Gateway(config, backend, authenticator)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        try:
+            await gateway.refresh_models()
+        except Exception:
+            log.exception("could not list the pool's models at start-up; will retry on /v1/models")
+        yield
+        await backend.close()
+
+    routes = [
+        Route("/v1/chat/completions", _endpoint(chat_completions), methods=["POST"]),
+        Route("/v1/completions", _endpoint(completions), methods=["POST"]),
+        Route("/v1/models", _endpoint(list_models), methods=["GET"]),
+        Route("/healthz", _endpoint(healthz), methods=["GET"]),
+        Route("/metrics", _endpoint(metrics), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_exception})
+    app.state.gateway = gateway
+    app.add_middleware(RequestIdMiddleware)
+    return app

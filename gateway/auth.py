@@ -1,0 +1,86 @@
+"""Bearer-key authentication: a presented key becomes a Principal (team, key id, scopes).
+
+Keys are held only as SHA-256 hashes; a lookup hashes the presented key and compares the
+digest in constant time, so neither the secret nor its timing leaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import ConfigError, KeyConfig
+from gateway.errors import Unauthorized
+
+
+@dataclass(frozen=True)
+class Principal:
+    team: str
+    key_id: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def redact(secret: str) -> str:
+    """What may be shown of a key: its first characters only."""
+    return secret[:7] + "…" if len(secret) > 7 else "…"
+
+
+def new_secret() -> str:
+    return "mg-" + secrets.token_urlsafe(32)
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized(
+            "You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer mg-…'.")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Malformed Authorization header; expected 'Bearer <key>'.")
+    return token.strip()
+
+
+def resolve_key(cfg: KeyConfig) -> tuple[str, bool]:
+    """The secret of a configured key, and whether it was just created (key_file missing)."""
+    if cfg.key:
+        return cfg.key, False
+    if cfg.key_env:
+        value = os.environ.get(cfg.key_env)
+        if not value:
+            raise ConfigError(f"keys: environment variable {cfg.key_env} is not set")
+        return value, False
+    path = Path(cfg.key_file)
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = new_secret()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret, True
+
+
+class ConfigKeyAuthenticator:
+    """Keys listed in the YAML config; each maps to its team."""
+
+    def __init__(self, keys: list[tuple[Principal, str]]):
+        self._by_hash = {hash_key(secret): principal for principal, secret in keys}
+
+    @classmethod
+    def from_config(cls, keys: list[KeyConfig]) -> "ConfigKeyAuthenticator":
+        return cls([(Principal(k.team, f"{k.team}/{k.name}"), resolve_key(k)[0]) for k in keys])
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        token = bearer_token(authorization)
+        digest = hash_key(token)
+        for known, principal in self._by_hash.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        raise Unauthorized(f"Incorrect API key provided: {redact(token)}.")

@@ -1,0 +1,87 @@
+"""The `muxgate` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gateway.config import ConfigError, load_config
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _serve(args) -> None:
+    from gateway.server import serve
+
+    config = load_config(args.config)
+    use_ray = config.pool.backend == "ray" and not args.no_ray
+    serve(config, host=args.host, port=args.port, use_ray=use_ray, ray_address=args.ray_address)
+
+
+def _zoo_build(args) -> None:
+    from pathlib import Path
+
+    from workers.zoo import build_zoo
+
+    dirs = build_zoo(Path(args.dir), args.only or None, progress=not args.quiet)
+    for d in dirs:
+        print(d)
+
+
+def _zoo_list(args) -> None:
+    from workers.zoo import ZOO
+
+    for m in ZOO:
+        print(f"{m.name:12s} {m.parameter_count() / 1e6:7.1f}M params  hidden={m.hidden} layers={m.layers}")
+
+
+def _config_check(args) -> None:
+    load_config(args.file)
+    print(f"{args.file}: ok")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="muxgate", description="One OpenAI-compatible endpoint for many models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway and the model pool")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
+    p.add_argument("--host", default=None, help="listen address (default: server.host in the config)")
+    p.add_argument("--port", type=int, default=None, help="listen port (default: server.port in the config)")
+    p.add_argument("--no-ray", action="store_true", help="run models in this process instead of Ray Serve")
+    p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (e.g. ray://host:10001)")
+    p.set_defaults(func=_serve)
+
+    zoo = sub.add_parser("zoo", help="the offline demo model zoo").add_subparsers(dest="zoo_command", required=True)
+    b = zoo.add_parser("build", help="build the demo models (skips those already built)")
+    b.add_argument("--dir", default="var/zoo", help="output directory (default var/zoo)")
+    b.add_argument("--only", nargs="*", help="build only these models")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_zoo_build)
+    zl = zoo.add_parser("list", help="list the demo models")
+    zl.set_defaults(func=_zoo_list)
+
+    c = sub.add_parser("config", help="configuration files").add_subparsers(dest="config_command", required=True)
+    cc = c.add_parser("check", help="validate a config file")
+    cc.add_argument("file")
+    cc.set_defaults(func=_config_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        print(f"muxgate: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The request path of /v1/chat/completions and /v1/completions: auth, parse, route, dispatch,
+stream, and the bookkeeping that runs when a request ends (completed, failed or abandoned)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.auth import Principal
+from gateway.backends import Backend
+from gateway.config import ServerConfig
+from gateway.errors import (
+    BackendFailed,
+    BackendUnavailable,
+    GatewayError,
+    ModelNotAvailable,
+    PayloadTooLarge,
+    describe,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseBuilder,
+    parse_json,
+    parse_request,
+    sse,
+    to_generation,
+)
+from policies.decision import RoutingDecision
+from policies.router import Router
+from workers.types import GenerationChunk, PoolError
+
+log = logging.getLogger("muxgate.requests")
+
+
+@dataclass
+class RequestTrace:
+    """What one request did; handed to completion hooks (metrics now, the usage ledger later)."""
+
+    request_id: str
+    endpoint: str
+    principal: Principal
+    requested_model: str
+    decision: RoutingDecision
+    started: float
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: str = "ok"  # ok | error | client_disconnect
+    error_code: str | None = None
+    replica: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def observe(self, chunk: GenerationChunk) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
+        self.completion_tokens = chunk.completion_tokens
+        self.replica = chunk.replica or self.replica
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes.")
+    chunks, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(part)
+    return b"".join(chunks)
+
+
+class CompletionService:
+    def __init__(self, backend: Backend, router: Router, authenticate: Callable[[str | None], Principal],
+                 metrics: GatewayMetrics, server: ServerConfig):
+        self.backend = backend
+        self.router = router
+        self.authenticate = authenticate
+        self.metrics = metrics
+        self.server = server
+        self.hooks: list[Callable[[RequestTrace], None]] = [self._record_metrics]
+
+    async def handle(self, request: Request, chat: bool) -> Response:
+        request_id = request.state.request_id
+        principal = self.authenticate(request.headers.get("authorization"))
+        body = parse_json(await read_body(request, self.server.max_body_bytes))
+        parsed = parse_request(ChatCompletionRequest if chat else CompletionRequest, body)
+        decision = self.router.decide(parsed.model)
+        if decision is None:
+            raise ModelNotAvailable(f"The model '{parsed.model}' does not exist or you do not have access to it.",
+                                    param="model")
+        gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
+                                session_id=request.headers.get("x-session-id"))
+        trace = RequestTrace(request_id, "chat" if chat else "completions", principal, parsed.model, decision,
+                             started=request.state.started)
+        builder = ResponseBuilder(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, decision.model)
+        stream = _guarded(self.backend.generate(decision.model, gen_req), decision.model, request_id)
+        try:
+            first = await self._first_chunk(stream, decision.model)
+        except BaseException as exc:
+            self._finish(trace, exc)
+            raise
+        trace.observe(first)
+        headers = decision.headers()
+        if parsed.stream:
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            events = self._events(first, stream, builder, trace, include_usage)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={**headers, "cache-control": "no-cache"})
+        return await self._collect(request, first, stream, builder, trace, headers)
+
+    async def _first_chunk(self, stream: AsyncIterator[GenerationChunk], model: str) -> GenerationChunk:
+        """Errors before the first token still get a proper HTTP status, so wait for it here."""
+        try:
+            return await asyncio.wait_for(anext(stream), self.server.stream_first_token_timeout_s)
+        except asyncio.TimeoutError:
+            await stream.aclose()
+            raise BackendUnavailable(f"model '{model}' produced no token within "
+                                     f"{self.server.stream_first_token_timeout_s:.0f}s", retry_after=5) from None
+        except StopAsyncIteration:
+            raise BackendUnavailable(f"model '{model}' returned an empty stream") from None
+
+    async def _collect(self, request: Request, first: GenerationChunk, stream, builder: ResponseBuilder,
+                       trace: RequestTrace, headers: dict) -> Response:
+        """Non-streamed answer; stops generating if the client disconnects while it waits."""
+        parts, last = [first.text], first
+
+        async def drain():
+            nonlocal last
+            async for chunk in stream:
+                trace.observe(chunk)
+                parts.append(chunk.text)
+                last = chunk
+
+        try:
+            if first.finish_reason is None:
+                work = asyncio.ensure_future(drain())
+                gone = asyncio.ensure_future(_wait_disconnect(request))
+                done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+                gone.cancel()
+                if work not in done:
+                    work.cancel()
+                    trace.status = "client_disconnect"
+                    self._finish(trace, None)
+                    return Response(status_code=499)
+                work.result()
+        except BaseException as exc:
+            self._finish(trace, exc)
+            raise
+        finally:
+            await stream.aclose()
+        self._finish(trace, None)
+        return JSONResponse(builder.full("".join(parts), last), headers=headers)
+
+    async def _events(self, first: GenerationChunk, stream, builder: ResponseBuilder, trace: RequestTrace,
+                      include_usage: bool) -> AsyncIterator[bytes]:
+        error: BaseException | None = None
+        done = False
+        try:
+            yield sse(builder.chunk("", None, first=True))
+            chunk = first
+            while True:
+                if chunk.text:
+                    yield sse(builder.chunk(chunk.text, None))
+                if chunk.finish_reason is not None:
+                    break
+                chunk = await anext(stream)
+                trace.observe(chunk)
+            yield sse(builder.chunk("", chunk.finish_reason))
+            if include_usage:
+                yield sse(builder.usage_chunk(chunk))
+            yield sse("[DONE]")
+            done = True
+        except Exception as exc:  # headers are gone: report in-band, as OpenAI does
+            error = exc
+            _, body, _ = describe(exc, trace.request_id)
+            yield sse(body)
+        finally:
+            # not done and no error: the client went away (Starlette closed or cancelled us)
+            await stream.aclose()
+            if not done and error is None:
+                trace.status = "client_disconnect"
+            self._finish(trace, error)
+
+    def _finish(self, trace: RequestTrace, error: BaseException | None) -> None:
+        trace.finished_at = time.perf_counter()
+        if error is not None:
+            status, body, _ = describe(error, trace.request_id)
+            trace.status = "error"
+            trace.error_code = body["error"]["code"]
+            trace.extra["http_status"] = status
+        for hook in self.hooks:
+            try:
+                hook(trace)
+            except Exception:
+                log.exception("completion hook failed for %s", trace.request_id)
+
+    def _record_metrics(self, trace: RequestTrace) -> None:
+        m, model, route = self.metrics, trace.decision.model, trace.decision.reason
+        m.requests.labels(trace.endpoint, model, route, trace.status).inc()
+        m.latency.labels(model, route).observe(trace.finished_at - trace.started)
+        if trace.first_token_at is not None:
+            m.ttft.labels(model, route).observe(trace.first_token_at - trace.started)
+        m.tokens.labels(model, "prompt").inc(trace.prompt_tokens)
+        m.tokens.labels(model, "completion").inc(trace.completion_tokens)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _guarded(stream: AsyncIterator[GenerationChunk], model: str, request_id: str):
+    """Typed errors pass through; anything else from a backend is a 502 the operator can trace."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except (GatewayError, PoolError):
+        raise
+    except Exception as exc:
+        log.error("backend failed serving %s for request %s", model, request_id, exc_info=exc)
+        raise BackendFailed(f"The backend failed while serving '{model}' ({type(exc).__name__}).") from exc
+    finally:
+        await stream.aclose()

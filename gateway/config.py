@@ -1,0 +1,129 @@
+"""muxgate's YAML configuration: schema, loading, and errors that name the file and key path.
+
+Validated once when loaded, never per request. Relative paths (zoo dir, model paths, key files,
+state) are resolved against the directory `muxgate` runs in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from policies.schema import RoutingConfig, Strict
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and key path."""
+
+
+class ServerConfig(Strict):
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the gateway listens on (0: any free port).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger gets 413.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens applied when a request sets none.")
+    stream_first_token_timeout_s: float = Field(
+        300.0, gt=0, description="How long a request may wait for its first token before it fails with 503.")
+
+
+class KeyConfig(Strict):
+    team: str = Field(description="Team the key belongs to.")
+    name: str = Field("default", description="Label of the key (shown in logs and usage, never the secret).")
+    key: str | None = Field(None, description="The key itself (prefer key_env or key_file outside demos).")
+    key_env: str | None = Field(None, description="Environment variable holding the key.")
+    key_file: str | None = Field(
+        None, description="File holding the key; created with a random key on first start if missing.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("key", "key_env", "key_file") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of key, key_env, key_file")
+        return self
+
+
+class ZooConfig(Strict):
+    dir: str = Field("var/zoo", description="Where demo zoo checkpoints are written and read.")
+    build_on_start: bool = Field(True, description="Build missing zoo models when `muxgate serve` starts.")
+
+
+class ModelConfig(Strict):
+    name: str = Field(description="Name clients use in the `model` field.", min_length=1, max_length=128)
+    zoo: bool = Field(False, description="A demo zoo model: its checkpoint is `<zoo.dir>/<name>`, built offline.")
+    path: str | None = Field(None, description="Hugging Face checkpoint directory (config.json + safetensors).")
+    dtype: str | None = Field(None, description="torch dtype to load in; default float32 on CPU, bfloat16 on GPU.")
+
+    @model_validator(mode="after")
+    def _where(self):
+        if self.zoo == bool(self.path):
+            raise ValueError("set either `zoo: true` or `path`, not both or neither")
+        if self.name == "auto":
+            raise ValueError("`auto` is reserved for routing")
+        return self
+
+
+class PoolConfig(Strict):
+    backend: Literal["ray", "inprocess"] = Field(
+        "ray", description="`ray`: a Ray Serve application; `inprocess`: models run in the gateway process.")
+    ray_address: str | None = Field(None, description="Existing Ray cluster to attach to; none starts a local Ray.")
+    replicas: int = Field(1, ge=1, description="Pool replicas (ignored when autoscaling is set).")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per replica; 0 runs on CPU.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")
+    max_resident_models: int | None = Field(None, ge=1, description="Most models resident per replica.")
+    load_timeout_s: float = Field(120.0, gt=0, description="How long a request waits for its model to load (then 503).")
+    max_ongoing_requests: int = Field(256, ge=1, description="Ray Serve max_ongoing_requests per replica.")
+    autoscaling: dict | None = Field(None, description="Passed through as Ray Serve's autoscaling_config.")
+
+
+class MuxgateConfig(Strict):
+    version: Literal[1] = Field(description="Schema version of this file.")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="The HTTP gateway.")
+    keys: list[KeyConfig] = Field(default_factory=list, description="API keys accepted by the gateway.")
+    zoo: ZooConfig = Field(default_factory=ZooConfig, description="The offline demo model zoo.")
+    models: list[ModelConfig] = Field(min_length=1, description="Models the pool serves.")
+    pool: PoolConfig = Field(default_factory=PoolConfig, description="The model pool.")
+    routing: RoutingConfig = Field(description="How `model: auto` is resolved.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        if self.routing.default_model not in names:
+            raise ValueError(f"routing.default_model {self.routing.default_model!r} is not one of the models")
+        return self
+
+    def model_path(self, model: ModelConfig) -> str:
+        return str(Path(self.zoo.dir) / model.name) if model.zoo else model.path
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse_config(data: object, source: str = "<config>") -> MuxgateConfig:
+    try:
+        return MuxgateConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: {_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike) -> MuxgateConfig:
+    """Read and validate a YAML file; raises ConfigError naming the file and the key path."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))

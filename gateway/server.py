@@ -1,0 +1,81 @@
+"""`muxgate serve`: build what the config names, deploy the pool, and run the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.auth import resolve_key
+from gateway.backends import Backend, InProcessBackend, RayServeBackend
+from gateway.config import MuxgateConfig
+from workers.types import ModelSpec
+
+log = logging.getLogger("muxgate.server")
+
+
+def model_specs(config: MuxgateConfig) -> list[ModelSpec]:
+    return [ModelSpec(m.name, config.model_path(m), m.dtype) for m in config.models]
+
+
+def ensure_zoo(config: MuxgateConfig, progress: bool = True) -> None:
+    """Build the zoo models the config serves and that are not on disk yet."""
+    names = [m.name for m in config.models if m.zoo]
+    if names and config.zoo.build_on_start:
+        from pathlib import Path
+
+        from workers.zoo import build_zoo
+
+        build_zoo(Path(config.zoo.dir), names, progress=progress)
+
+
+def make_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | None = None) -> Backend:
+    pool = config.pool
+    specs = model_specs(config)
+    if not use_ray:
+        return InProcessBackend(specs, max_resident=pool.max_resident_models, load_timeout_s=pool.load_timeout_s,
+                                torch_threads=pool.torch_threads)
+    from workers.serve_app import PoolOptions, deploy_pool
+
+    options = PoolOptions(replicas=pool.replicas, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+                          torch_threads=pool.torch_threads, max_resident_models=pool.max_resident_models,
+                          load_timeout_s=pool.load_timeout_s, max_ongoing_requests=pool.max_ongoing_requests,
+                          autoscaling=pool.autoscaling)
+    return RayServeBackend(deploy_pool(specs, options, ray_address or pool.ray_address))
+
+
+def announce(config: MuxgateConfig, host: str, port: int) -> None:
+    print(f"muxgate listening on http://{host}:{port}/v1  (models: {', '.join(m.name for m in config.models)})",
+          flush=True)
+    for key in config.keys:
+        if key.key_file:  # local demo keys live in a file the operator owns; show them once here
+            print(f"demo key for team '{key.team}': {resolve_key(key)[0]}  (from {key.key_file})", flush=True)
+
+
+def serve(config: MuxgateConfig, host: str | None = None, port: int | None = None, use_ray: bool = True,
+          ray_address: str | None = None) -> None:
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    for key in config.keys:
+        resolve_key(key)  # fail early on a missing env var; create demo key files
+    ensure_zoo(config)
+    backend = make_backend(config, use_ray, ray_address)
+    app = create_app(config, backend)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_keep_alive=30, access_log=False))
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            bound = server.servers[0].sockets[0].getsockname()[1]
+            announce(config, host, bound)
+        await task
+
+    asyncio.run(run())
+    if not server.started:
+        sys.exit(1)

@@ -1,0 +1,1 @@
+# Kept import-light: transformers probes a top-level module named `kernels`.

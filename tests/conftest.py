@@ -1,0 +1,58 @@
+"""Shared fixtures: a small offline zoo, configs, and real uvicorn servers on free ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+from support import KEY_ALPHA, TEST_MODELS, TEST_ZOO, ServerThread, make_config  # noqa: F401
+
+@pytest.fixture(scope="session")
+def zoo_dir() -> Path:
+    from workers.zoo import build_zoo
+
+    build_zoo(TEST_ZOO, TEST_MODELS, progress=False)
+    return TEST_ZOO
+
+
+@pytest.fixture
+def start_server():
+    """Factory: start_server(config_dict, backend=None) -> running ServerThread (stopped at teardown)."""
+    from gateway.app import create_app
+    from gateway.config import parse_config
+    from gateway.server import make_backend
+
+    running = []
+
+    def start(config: dict, backend=None) -> ServerThread:
+        cfg = parse_config(config)
+        server = ServerThread(create_app(cfg, backend or make_backend(cfg, use_ray=False)))
+        running.append(server.__enter__())
+        return server
+
+    yield start
+    for server in running:
+        server.__exit__()
+
+
+@pytest.fixture(scope="module")
+def gateway(zoo_dir):
+    """The default test gateway (in-process pool), shared by a module's tests."""
+    from gateway.app import create_app
+    from gateway.config import parse_config
+    from gateway.server import make_backend
+
+    cfg = parse_config(make_config(zoo_dir))
+    backend = make_backend(cfg, use_ray=False)
+    with ServerThread(create_app(cfg, backend)) as server:
+        server.backend = backend
+        yield server
+
+
+@pytest.fixture
+def openai_client(gateway):
+    import openai
+
+    return openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=KEY_ALPHA, max_retries=0, timeout=60)

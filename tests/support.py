@@ -1,0 +1,62 @@
+"""Test helpers importable from any test module (tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+REPO = Path(__file__).resolve().parent.parent
+# Built once per machine and reused: the zoo is deterministic, so a cached copy is identical.
+TEST_ZOO = Path(os.environ.get("MUXGATE_TEST_ZOO", REPO / "var" / "test-zoo"))
+TEST_MODELS = ["mux-2m", "mux-5m"]
+KEY_ALPHA = "mg-test-alpha-0123456789abcdef"
+KEY_BETA = "mg-test-beta-0123456789abcdef"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_config(zoo_dir: Path, **overrides) -> dict:
+    """A config dict serving the two smallest zoo models, with two teams' keys."""
+    config = {
+        "version": 1,
+        "server": {"default_max_tokens": 16},
+        "keys": [{"team": "alpha", "name": "ci", "key": KEY_ALPHA}, {"team": "beta", "name": "ci", "key": KEY_BETA}],
+        "zoo": {"dir": str(zoo_dir), "build_on_start": False},
+        "models": [{"name": n, "zoo": True} for n in TEST_MODELS],
+        "pool": {"backend": "inprocess", "torch_threads": 1},
+        "routing": {"default_model": "mux-2m"},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+class ServerThread:
+    """A real uvicorn server on a free port, in a background thread."""
+
+    def __init__(self, app):
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+

@@ -1,0 +1,1 @@
+"""muxgate workers."""

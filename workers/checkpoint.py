@@ -1,0 +1,49 @@
+"""Facts about a Hugging Face checkpoint directory, read without loading it (no torch)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from workers.types import ModelInfo, ModelLoadFailed
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.safetensors"))
+
+
+def _tensor_sizes(file: Path) -> tuple[int, int]:
+    """(parameter count, bytes) from a safetensors header: 8-byte length, then JSON."""
+    with file.open("rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    params = nbytes = 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        count = 1
+        for dim in meta["shape"]:
+            count *= dim
+        params += count
+        start, end = meta["data_offsets"]
+        nbytes += end - start
+    return params, nbytes
+
+
+def read_model_info(name: str, path: str | Path) -> ModelInfo:
+    """Name, context length, parameter count and weight bytes of a checkpoint directory."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+        files = safetensors_files(path)
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors in {path}")
+        params = nbytes = 0
+        for f in files:
+            p, b = _tensor_sizes(f)
+            params, nbytes = params + p, nbytes + b
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise ModelLoadFailed(f"model {name!r}: cannot read checkpoint at {path}: {exc}") from exc
+    context = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
+    return ModelInfo(name=name, context_length=context, parameters=params, weight_bytes=nbytes)

@@ -1,0 +1,28 @@
+"""Next-token sampling: greedy at temperature 0, else temperature + nucleus (top-p)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A per-request generator: the same seed gives the same tokens, whatever else runs."""
+    gen = torch.Generator()
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    return gen
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
+    """Pick one token id from a 1-D logits vector."""
+    if temperature <= 0.0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        keep = cumulative - sorted_probs < top_p
+        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+        choice = torch.multinomial(sorted_probs.cpu(), 1, generator=gen)
+        return int(order[choice.to(order.device)].item())
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen).item())

@@ -1,0 +1,102 @@
+"""The pool's public request/response types and errors.
+
+These are the only workers types the gateway may import (with `workers.serve_app`'s handle
+factory). They are plain dataclasses so they pickle cheaply across Ray and import no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: either chat `messages` (templated by the model's tokenizer) or a raw `prompt`."""
+
+    request_id: str
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None  # None: up to the model's context
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    session_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of messages or prompt must be given")
+
+
+@dataclass
+class GenerationChunk:
+    """A piece of a streamed answer. The last chunk has `finish_reason` set and the exact counts."""
+
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" | None while streaming
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative so far
+    replica: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    context_length: int
+    parameters: int
+    weight_bytes: int
+
+
+class PoolError(Exception):
+    """Base of every error the pool reports; `status` is the HTTP status it maps to."""
+
+    status = 503
+    code = "pool_error"
+    retry_after: float | None = None
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __reduce__(self):  # keep the type and fields across Ray's pickling
+        return (_rebuild_error, (type(self), self.message, self.details, self.retry_after))
+
+
+def _rebuild_error(cls, message, details, retry_after):
+    err = cls(message, **details)
+    err.retry_after = retry_after
+    return err
+
+
+class ModelNotFound(PoolError):
+    status = 404
+    code = "model_not_found"
+
+
+class ContextLengthExceeded(PoolError):
+    status = 400
+    code = "context_length_exceeded"
+
+
+class ModelLoadFailed(PoolError):
+    status = 503
+    code = "model_load_failed"
+
+
+class PoolOverloaded(PoolError):
+    status = 503
+    code = "pool_overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a servable model's checkpoint lives and how to load it."""
+
+    name: str
+    path: str
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on GPU
