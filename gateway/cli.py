@@ -41,6 +41,12 @@ def _config_check(args) -> None:
     print(f"{args.file}: ok")
 
 
+def _config_docs(args) -> None:
+    from gateway.config_docs import render
+
+    print(render(), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="muxgate", description="One OpenAI-compatible endpoint for many models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -67,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     cc = c.add_parser("check", help="validate a config file")
     cc.add_argument("file")
     cc.set_defaults(func=_config_check)
+    c.add_parser("docs", help="print the configuration reference (docs/CONFIG.md)").set_defaults(func=_config_docs)
     return parser
 
 

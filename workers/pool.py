@@ -92,6 +92,7 @@ class ModelPool:
                 yield chunk
         finally:
             self._in_flight[model] -= 1
+            self._make_room()  # a model kept over the limit while busy can go now
 
     async def _engine(self, model: str):
         engine = self._resident.get(model)
@@ -120,7 +121,7 @@ class ModelPool:
 
             # few intra-op threads per process: several torch processes on few cores collapse otherwise
             torch.set_num_threads(self.torch_threads)
-        self._make_room()
+        self._make_room(loading=len(self._loading))
         spec = self.specs[model]
         started = time.perf_counter()
         try:
@@ -137,10 +138,11 @@ class ModelPool:
         log.info("loaded %s in %.2fs", model, time.perf_counter() - started)
         return engine
 
-    def _make_room(self) -> None:
+    def _make_room(self, loading: int = 0) -> None:
+        """Evict least recently used idle models until resident + `loading` fits the limit."""
         if self.max_resident is None:
             return
-        while len(self._resident) + len(self._loading) > self.max_resident:
+        while len(self._resident) + loading > self.max_resident:
             idle = [n for n in self._resident if not self._in_flight.get(n)]
             if not idle:
                 return  # every resident model is busy; over-commit rather than break a stream

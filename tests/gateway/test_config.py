@@ -1,0 +1,76 @@
+"""Configuration is validated at load time, with errors that name the file and the key path."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from gateway.config import ConfigError, load_config
+from support import REPO
+
+
+def write(tmp_path, data):
+    path = tmp_path / "muxgate.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+BASE = {"version": 1, "models": [{"name": "m", "zoo": True}], "routing": {"default_model": "m"}}
+
+
+def test_shipped_configs_are_valid():
+    for path in (REPO / "configs").glob("*.yaml"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("change,where", [
+    ({"version": 2}, "version"),
+    ({"surprise": 1}, "surprise"),
+    ({"server": {"port": "eighty"}}, "server.port"),
+    ({"server": {"colour": "blue"}}, "server.colour"),
+    ({"models": [{"name": "m", "zoo": True}, {"name": "x", "zoo": True, "paht": "/tmp"}]}, "models[1].paht"),
+    ({"models": [{"name": "m"}]}, "models[0]"),
+    ({"keys": [{"team": "t"}]}, "keys[0]"),
+    ({"pool": {"backend": "kubernetes"}}, "pool.backend"),
+    ({"routing": {"default_model": "ghost"}}, "default_model"),
+])
+def test_errors_name_the_file_and_key_path(tmp_path, change, where):
+    path = write(tmp_path, {**BASE, **change})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert where in message
+
+
+def test_yaml_syntax_errors_name_the_file(tmp_path):
+    path = write(tmp_path, "version: 1\nmodels: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_cli_config_check_exits_nonzero_on_a_bad_file(tmp_path):
+    bad = write(tmp_path, {**BASE, "version": 7})
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "check", str(bad)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "version" in out.stderr
+    good = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "check", "configs/default.yaml"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert good.returncode == 0, good.stderr
+
+
+def test_config_reference_is_current_and_documents_every_key():
+    from gateway.config_docs import render
+
+    text = render()
+    assert (REPO / "docs" / "CONFIG.md").read_text() == text, "run: muxgate config docs > docs/CONFIG.md"
+    assert "| `pool.num_gpus` |" in text and "| `keys[].key_file` |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert all(not line.rstrip().endswith("|  |") for line in rows), "a key without a description"

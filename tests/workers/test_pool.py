@@ -1,0 +1,75 @@
+"""The in-process pool: single-flight loads, eviction that spares busy models, failures contained."""
+
+import asyncio
+import shutil
+
+import pytest
+
+from workers.pool import ModelPool
+from workers.types import GenerationRequest, ModelLoadFailed, ModelNotFound, ModelSpec
+
+
+def specs(zoo_dir, *names):
+    return [ModelSpec(n, str(zoo_dir / n)) for n in names]
+
+
+async def answer(pool, model, max_tokens=2):
+    return [c async for c in pool.generate(model, GenerationRequest("t", prompt="hi", max_tokens=max_tokens))]
+
+
+def test_concurrent_first_requests_load_the_model_once(zoo_dir):
+    pool = ModelPool(specs(zoo_dir, "mux-2m"), torch_threads=1)
+
+    async def go():
+        return await asyncio.gather(*[answer(pool, "mux-2m") for _ in range(8)])
+
+    results = asyncio.run(go())
+    assert all(r[-1].completion_tokens == 2 for r in results)
+    assert pool.loads == 1
+    pool.close()
+
+
+def test_lru_eviction_spares_models_with_requests_in_flight(zoo_dir):
+    pool = ModelPool(specs(zoo_dir, "mux-2m", "mux-5m"), max_resident=1, torch_threads=1)
+
+    async def go():
+        busy = pool.generate("mux-2m", GenerationRequest("t", prompt="x", max_tokens=500, temperature=0))
+        await anext(busy)  # mux-2m is resident and busy
+        await answer(pool, "mux-5m")  # needs room, but mux-2m must not be evicted mid-stream
+        assert "mux-2m" in pool.stats()["resident"]
+        await busy.aclose()
+        await answer(pool, "mux-5m")
+        await answer(pool, "mux-2m")  # now mux-5m is idle and is the one evicted
+        return pool.stats()
+
+    stats = asyncio.run(go())
+    assert stats["resident"] == ["mux-2m"]
+    assert pool.evictions >= 1
+    pool.close()
+
+
+def test_unknown_model_is_a_typed_error(zoo_dir):
+    pool = ModelPool(specs(zoo_dir, "mux-2m"))
+    with pytest.raises(ModelNotFound):
+        asyncio.run(answer(pool, "nope"))
+
+
+def test_a_failed_load_is_reported_and_the_pool_keeps_serving(zoo_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(zoo_dir / "mux-2m", broken)
+    (broken / "config.json").write_text("{ this is not json")
+    pool = ModelPool(specs(zoo_dir, "mux-2m") + [ModelSpec("broken", str(broken))], torch_threads=1)
+    with pytest.raises(ModelLoadFailed) as info:
+        asyncio.run(answer(pool, "broken"))
+    assert "broken" in info.value.message
+    assert asyncio.run(answer(pool, "mux-2m"))[-1].completion_tokens == 2
+    assert [m.name for m in pool.models()] == ["mux-2m"]  # the broken one is not advertised
+    pool.close()
+
+
+def test_models_are_described_without_loading_them(zoo_dir):
+    pool = ModelPool(specs(zoo_dir, "mux-2m", "mux-5m"))
+    infos = {m.name: m for m in pool.models()}
+    assert infos["mux-2m"].parameters < infos["mux-5m"].parameters
+    assert infos["mux-5m"].weight_bytes == infos["mux-5m"].parameters * 4  # float32
+    assert pool.loads == 0
