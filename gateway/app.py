@@ -92,7 +92,7 @@ async def completions(gw: Gateway, request: Request) -> Response:
 
 
 async def list_models(gw: Gateway, request: Request) -> Response:
-    gw.authenticator.authenticate(request.headers.get("authorization"))
+    await gw.authenticator.authenticate(request.headers.get("authorization"))
     if not gw.model_infos:
         await gw.refresh_models()
     data = [{"id": AUTO, "object": "model", "created": gw.created, "owned_by": "muxgate"}]
@@ -132,6 +132,7 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None) -> S
         except Exception:
             log.exception("could not list the pool's models at start-up; will retry on /v1/models")
         yield
+        await gateway.completions.drain()
         await backend.close()
 
     routes = [

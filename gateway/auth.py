@@ -77,7 +77,7 @@ class ConfigKeyAuthenticator:
     def from_config(cls, keys: list[KeyConfig]) -> "ConfigKeyAuthenticator":
         return cls([(Principal(k.team, f"{k.team}/{k.name}"), resolve_key(k)[0]) for k in keys])
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)
         digest = hash_key(token)
         for known, principal in self._by_hash.items():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -33,7 +33,7 @@ from gateway.openai_api import (
     sse,
     to_generation,
 )
-from policies.decision import RoutingDecision
+from policies.decision import RouteContext, RoutingDecision
 from policies.router import Router
 from workers.types import GenerationChunk, PoolError
 
@@ -57,6 +57,7 @@ class RequestTrace:
     status: str = "ok"  # ok | error | client_disconnect
     error_code: str | None = None
     replica: str | None = None
+    ticket: object = None  # what admission reserved; settled when the request ends
     extra: dict = field(default_factory=dict)
 
     def observe(self, chunk: GenerationChunk) -> None:
@@ -65,6 +66,33 @@ class RequestTrace:
         self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
         self.completion_tokens = chunk.completion_tokens
         self.replica = chunk.replica or self.replica
+
+
+class Admission(Protocol):
+    """Budget and rate-limit checks before dispatch, and settlement after the request ends."""
+
+    async def admit(self, principal: Principal, decision: RoutingDecision, req) -> object:
+        """Reserve the request's worst case; raise a GatewayError (429/402/403) to refuse it."""
+
+    async def settle(self, ticket: object, trace: "RequestTrace") -> None:
+        """Turn the reservation into the actual cost and record the usage; called exactly once."""
+
+
+class OpenAdmission:
+    """No limits: admits everything, records nothing (config keys without a store)."""
+
+    async def admit(self, principal, decision, req):
+        return None
+
+    async def settle(self, ticket, trace):
+        return None
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Failures of the backend or model (not of the request) are worth trying elsewhere."""
+    if isinstance(exc, (BackendFailed, BackendUnavailable)):
+        return True
+    return isinstance(exc, PoolError) and exc.status >= 500
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -82,43 +110,61 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 class CompletionService:
-    def __init__(self, backend: Backend, router: Router, authenticate: Callable[[str | None], Principal],
-                 metrics: GatewayMetrics, server: ServerConfig):
+    def __init__(self, backend: Backend, router: Router, authenticate: Callable[[str | None], Awaitable[Principal]],
+                 metrics: GatewayMetrics, server: ServerConfig, admission: Admission | None = None):
         self.backend = backend
         self.router = router
         self.authenticate = authenticate
         self.metrics = metrics
         self.server = server
-        self.hooks: list[Callable[[RequestTrace], None]] = [self._record_metrics]
+        self.admission = admission or OpenAdmission()
+        self.hooks: list[Callable[[RequestTrace], object]] = [self._record_metrics, self._settle]
+        self._pending: set[asyncio.Task] = set()
 
     async def handle(self, request: Request, chat: bool) -> Response:
         request_id = request.state.request_id
-        principal = self.authenticate(request.headers.get("authorization"))
+        principal = await self.authenticate(request.headers.get("authorization"))
         body = parse_json(await read_body(request, self.server.max_body_bytes))
         parsed = parse_request(ChatCompletionRequest if chat else CompletionRequest, body)
-        decision = self.router.decide(parsed.model)
+        gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
+                                session_id=request.headers.get("x-session-id"))
+        context = RouteContext(principal.team, gen_req.messages, gen_req.prompt, gen_req.session_id)
+        decision = self.router.decide(parsed.model, context)
         if decision is None:
             raise ModelNotAvailable(f"The model '{parsed.model}' does not exist or you do not have access to it.",
                                     param="model")
-        gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
-                                session_id=request.headers.get("x-session-id"))
+        ticket = await self.admission.admit(principal, decision, gen_req)
         trace = RequestTrace(request_id, "chat" if chat else "completions", principal, parsed.model, decision,
-                             started=request.state.started)
-        builder = ResponseBuilder(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, decision.model)
-        stream = _guarded(self.backend.generate(decision.model, gen_req), decision.model, request_id)
-        try:
-            first = await self._first_chunk(stream, decision.model)
-        except BaseException as exc:
-            self._finish(trace, exc)
-            raise
-        trace.observe(first)
-        headers = decision.headers()
+                             started=request.state.started, ticket=ticket)
+        stream, first = await self._dispatch(trace, gen_req)
+        builder = ResponseBuilder(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, trace.decision.model)
+        headers = trace.decision.headers()
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             events = self._events(first, stream, builder, trace, include_usage)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         return await self._collect(request, first, stream, builder, trace, headers)
+
+    async def _dispatch(self, trace: RequestTrace, gen_req) -> tuple[AsyncIterator[GenerationChunk], GenerationChunk]:
+        """Send to the routed model; if it fails before its first token, try the decision's fallbacks."""
+        candidates = [trace.decision.model, *trace.decision.fallbacks]
+        for attempt, model in enumerate(candidates):
+            if attempt:
+                trace.decision = replace(trace.decision, model=model, reason=f"{trace.decision.reason}+fallback")
+            stream = _guarded(self.backend.generate(model, gen_req), model, trace.request_id)
+            try:
+                first = await self._first_chunk(stream, model)
+            except BaseException as exc:
+                if attempt + 1 < len(candidates) and _retryable(exc):
+                    log.warning("request %s: %s failed before its first token (%s); falling back to %s",
+                                trace.request_id, model, type(exc).__name__, candidates[attempt + 1])
+                    continue
+                self._finish(trace, exc)
+                raise
+            trace.observe(first)
+            return stream, first
+        raise AssertionError("unreachable")
 
     async def _first_chunk(self, stream: AsyncIterator[GenerationChunk], model: str) -> GenerationChunk:
         """Errors before the first token still get a proper HTTP status, so wait for it here."""
@@ -202,9 +248,27 @@ class CompletionService:
             trace.extra["http_status"] = status
         for hook in self.hooks:
             try:
-                hook(trace)
+                result = hook(trace)
+                if asyncio.iscoroutine(result):
+                    # its own task: a cancelled response (client gone) must not cancel settlement
+                    task = asyncio.get_running_loop().create_task(result)
+                    self._pending.add(task)
+                    task.add_done_callback(self._hook_done)
             except Exception:
                 log.exception("completion hook failed for %s", trace.request_id)
+
+    def _hook_done(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("completion hook failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for settlement tasks still running (at shutdown)."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def _settle(self, trace: RequestTrace) -> None:
+        await self.admission.settle(trace.ticket, trace)
 
     def _record_metrics(self, trace: RequestTrace) -> None:
         m, model, route = self.metrics, trace.decision.model, trace.decision.reason

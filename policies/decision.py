@@ -18,3 +18,13 @@ class RoutingDecision:
             "x-muxgate-route-reason": self.reason,
             "x-muxgate-route-score": "" if self.score is None else f"{self.score:.4f}",
         }
+
+
+@dataclass(frozen=True)
+class RouteContext:
+    """What a routing policy may look at: the team and the request's text."""
+
+    team: str | None = None
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    session_id: str | None = None
