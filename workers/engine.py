@@ -76,8 +76,9 @@ class Engine:
 
     @property
     def in_flight(self) -> int:
+        """Sequences still wanted by someone (cancelled ones leave at the next step)."""
         with self._wake:
-            return len(self._waiting) + len(self._running)
+            return sum(1 for s in (*self._waiting, *self._running) if not (s.cancelled or s.finished))
 
     def encode(self, req: GenerationRequest) -> list[int]:
         """Prompt token ids: the chat template for messages, the raw text for a prompt."""

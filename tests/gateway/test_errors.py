@@ -197,9 +197,11 @@ def test_client_disconnect_mid_stream_frees_the_engine_slot(gateway):
     pool = gateway.backend.pool
     assert pool.stats()["in_flight"].get("mux-5m") == 1
     sock.close()
+    engine = pool._resident["mux-5m"]
     deadline = time.time() + 20
-    while pool.stats()["in_flight"].get("mux-5m") and time.time() < deadline:
+    while (pool.stats()["in_flight"].get("mux-5m") or engine.in_flight) and time.time() < deadline:
         time.sleep(0.05)
     assert not pool.stats()["in_flight"].get("mux-5m")
-    engine = pool._resident["mux-5m"]
     assert engine.in_flight == 0
+    time.sleep(0.5)  # the scheduler drops the sequence at its next step and stops stepping
+    assert engine._running == [] and not engine._waiting
