@@ -54,6 +54,7 @@ class RequestTrace:
     finished_at: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    gpu_seconds: float = 0.0
     status: str = "ok"  # ok | error | client_disconnect
     error_code: str | None = None
     replica: str | None = None
@@ -65,6 +66,7 @@ class RequestTrace:
             self.first_token_at = time.perf_counter()
         self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
         self.completion_tokens = chunk.completion_tokens
+        self.gpu_seconds = chunk.gpu_seconds
         self.replica = chunk.replica or self.replica
 
 

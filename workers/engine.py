@@ -37,6 +37,7 @@ class Sequence:
     pending: list[int] = field(default_factory=list)  # ids the next forward consumes
     cache: object = None
     generated: int = 0
+    gpu_seconds: float = 0.0
     cancelled: bool = False
     finished: bool = False
 
@@ -178,7 +179,9 @@ class Engine:
         out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
         seq.cache = out.cache
         logits = out.logits[0, -1]
-        self.busy_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.busy_seconds += elapsed
+        seq.gpu_seconds += elapsed  # one sequence per forward: all of it is this sequence's
         return logits
 
     def _update(self, seq: Sequence, logits: torch.Tensor) -> None:
@@ -196,11 +199,11 @@ class Engine:
                 finish, delta = "length", delta + seq.text.flush()
         if finish is None:
             if delta:
-                seq.emit(GenerationChunk(delta, None, len(seq.prompt_ids), seq.generated))
+                seq.emit(GenerationChunk(delta, None, len(seq.prompt_ids), seq.generated, gpu_seconds=seq.gpu_seconds))
             return
         seq.finished = True
         seq.cache = None
-        seq.emit(GenerationChunk(delta, finish, len(seq.prompt_ids), seq.generated))
+        seq.emit(GenerationChunk(delta, finish, len(seq.prompt_ids), seq.generated, gpu_seconds=seq.gpu_seconds))
         seq.emit(_DONE)
 
 

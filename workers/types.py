@@ -37,6 +37,9 @@ class GenerationChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative so far
     replica: str | None = None
+    # accelerator time attributed to this request so far: a step's busy time shared by the
+    # sequences in it in proportion to the tokens each consumed (for cost attribution)
+    gpu_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
