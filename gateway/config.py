@@ -73,7 +73,15 @@ class PoolConfig(Strict):
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per replica; 0 runs on CPU.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")
-    max_resident_models: int | None = Field(None, ge=1, description="Most models resident per replica.")
+    device_budget_mb: float | None = Field(
+        None, gt=0, description="Device bytes (MiB) each replica may hold in model weights + KV reserves; "
+        "default: the GPU's total memory, or half the machine's RAM on CPU. On a GPU, loads also need NVML's free memory.")
+    host_budget_mb: float = Field(
+        0, ge=0, description="Host memory (MiB) per replica for warm copies of evicted models (pinned on GPUs); 0 disables the warm tier.")
+    eviction: Literal["gdsf", "lru"] = Field(
+        "gdsf", description="Which idle model to evict: `gdsf` (GreedyDual-Size-Frequency: reload cost, size, popularity) or `lru`.")
+    kv_reserve_tokens: int = Field(2048, ge=0, description="KV-cache tokens reserved per resident model, counted in its footprint.")
+    max_resident_models: int | None = Field(None, ge=1, description="Optional cap on models resident per replica, on top of the byte budget.")
     load_timeout_s: float = Field(120.0, gt=0, description="How long a request waits for its model to load (then 503).")
     max_ongoing_requests: int = Field(256, ge=1, description="Ray Serve max_ongoing_requests per replica.")
     autoscaling: dict | None = Field(None, description="Passed through as Ray Serve's autoscaling_config.")

@@ -32,19 +32,32 @@ def ensure_zoo(config: MuxgateConfig, progress: bool = True) -> None:
         build_zoo(Path(config.zoo.dir), names, progress=progress)
 
 
+def pool_options(config: MuxgateConfig) -> dict:
+    """The `pool:` section as ModelPool keyword arguments."""
+    pool = config.pool
+    mib = 1024 * 1024
+    return dict(max_resident=pool.max_resident_models, load_timeout_s=pool.load_timeout_s,
+                torch_threads=pool.torch_threads,
+                device_budget_bytes=int(pool.device_budget_mb * mib) if pool.device_budget_mb else None,
+                host_budget_bytes=int(pool.host_budget_mb * mib), eviction=pool.eviction,
+                kv_reserve_tokens=pool.kv_reserve_tokens)
+
+
 def make_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | None = None) -> Backend:
     pool = config.pool
     specs = model_specs(config)
+    options = pool_options(config)
     if not use_ray:
-        return InProcessBackend(specs, max_resident=pool.max_resident_models, load_timeout_s=pool.load_timeout_s,
-                                torch_threads=pool.torch_threads)
+        return InProcessBackend(specs, **options)
     from workers.serve_app import PoolOptions, deploy_pool
 
-    options = PoolOptions(replicas=pool.replicas, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
-                          torch_threads=pool.torch_threads, max_resident_models=pool.max_resident_models,
-                          load_timeout_s=pool.load_timeout_s, max_ongoing_requests=pool.max_ongoing_requests,
-                          autoscaling=pool.autoscaling)
-    return RayServeBackend(deploy_pool(specs, options, ray_address or pool.ray_address))
+    ray_options = PoolOptions(replicas=pool.replicas, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+                              torch_threads=pool.torch_threads, max_resident_models=pool.max_resident_models,
+                              load_timeout_s=pool.load_timeout_s, max_ongoing_requests=pool.max_ongoing_requests,
+                              autoscaling=pool.autoscaling, device_budget_bytes=options["device_budget_bytes"],
+                              host_budget_bytes=options["host_budget_bytes"], eviction=pool.eviction,
+                              kv_reserve_tokens=pool.kv_reserve_tokens)
+    return RayServeBackend(deploy_pool(specs, ray_options, ray_address or pool.ray_address))
 
 
 def announce(config: MuxgateConfig, host: str, port: int) -> None:

@@ -1,8 +1,12 @@
-"""The model pool: which models are resident, loading them once, and serving requests on them.
+"""The model pool of one replica: which models are resident, in how many bytes, and serving on them.
 
-This is the simple pool of the foundation: residency is bounded by a model count and evicts the
-least recently used idle model. Byte accounting and tiered weights replace that policy without
-changing this class's public face (`generate`, `models`, `stats`).
+Every resident model holds a reservation in an exact byte ledger (predicted weights + a KV
+reserve) taken before its load starts, so concurrent loads can never overshoot the budget; on a
+GPU the device's real free memory (NVML, all processes) must also cover it. A load that needs
+room evicts idle models chosen by the eviction policy (never one with requests in flight); an
+evicted model stays warm in host memory while the host tier has room, else it is cold (disk).
+One load per model at a time; loads of different models overlap; a request that cannot get its
+model within `load_timeout_s` gets PoolOverloaded (503 + Retry-After), not a hang.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import asyncio
 import logging
 import os
 import time
-from collections import OrderedDict
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 from workers.checkpoint import read_model_info
+from workers.eviction import make_policy
+from workers.footprint import Footprint, predict_footprint
+from workers.memory import ByteLedger, nvml_memory
 from workers.types import (
     GenerationChunk,
     GenerationRequest,
@@ -27,10 +34,27 @@ from workers.types import (
 )
 
 log = logging.getLogger(__name__)
+GIB = 1024**3
+
+
+@dataclass
+class Resident:
+    engine: object
+    reserved: int  # bytes held in the ledger
+    measured_weight_bytes: int
+    predicted: Footprint
+    load_kind: str  # "cold" (disk) or "warm" (host)
+    load_seconds: float
+
+
+def _default_capacity(device: str, nvml) -> int:
+    if nvml is not None:
+        return nvml.total()
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
 class ModelPool:
-    """Serves many models from one process; loads on first use, one load per model at a time."""
+    """Serves many models from one replica within a device byte budget."""
 
     def __init__(
         self,
@@ -41,7 +65,13 @@ class ModelPool:
         replica_id: str | None = None,
         max_running_per_model: int = 64,
         torch_threads: int | None = None,
+        device_budget_bytes: int | None = None,
+        host_budget_bytes: int = 0,
+        eviction: str = "gdsf",
+        kv_reserve_tokens: int = 2048,
     ):
+        from workers.weights import HostTier
+
         self.specs = {s.name: s for s in specs}
         self.device = device
         self.max_resident = max_resident
@@ -49,12 +79,26 @@ class ModelPool:
         self.replica_id = replica_id or f"local-{os.getpid()}"
         self.max_running_per_model = max_running_per_model
         self.torch_threads = torch_threads
-        self._resident: OrderedDict[str, object] = OrderedDict()  # name -> Engine, LRU order
+        self.kv_reserve_tokens = kv_reserve_tokens
+        self.nvml = nvml_memory(device)
+        self.ledger = ByteLedger(device_budget_bytes or _default_capacity(device, self.nvml))
+        self.host = HostTier(host_budget_bytes, pin=device.startswith("cuda"))
+        self.policy = make_policy(eviction)
+        self._resident: dict[str, Resident] = {}
         self._loading: dict[str, asyncio.Task] = {}
         self._in_flight: dict[str, int] = {}
+        self._waiting_for_load: dict[str, int] = {}
         self._info: dict[str, ModelInfo] = {}
-        self.loads = 0
+        self._footprints: dict[str, Footprint] = {}
+        self._tokenizers: dict[str, object] = {}
+        self._room = asyncio.Event()
+        self.loads = {"cold": 0, "warm": 0}
+        self.load_seconds = {"cold": 0.0, "warm": 0.0}
+        self.loaded_bytes = {"cold": 0, "warm": 0}
         self.evictions = 0
+        self.load_failures = 0
+
+    # ---- what the pool can serve ------------------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
         """Every servable model, resident or not (read from the checkpoints, not loaded)."""
@@ -69,15 +113,42 @@ class ModelPool:
             out.append(self._info[name])
         return out
 
+    def dtype_name(self, spec: ModelSpec) -> str:
+        return spec.dtype or ("float32" if self.device == "cpu" else "bfloat16")
+
+    def footprint(self, model: str) -> Footprint:
+        if model not in self._footprints:
+            spec = self.specs[model]
+            self._footprints[model] = predict_footprint(model, spec.path, self.dtype_name(spec),
+                                                        self.kv_reserve_tokens)
+        return self._footprints[model]
+
     def stats(self) -> dict:
         return {
             "replica": self.replica_id,
+            "device": self.device,
+            "device_capacity_bytes": self.ledger.capacity,
+            "device_reserved_bytes": self.ledger.used(),
+            "device_free_bytes_nvml": self.nvml.free() if self.nvml else None,
+            "host_capacity_bytes": self.host.capacity,
+            "host_used_bytes": self.host.used(),
+            "host_models": self.host.names(),
             "resident": list(self._resident),
+            "resident_bytes": {n: r.reserved for n, r in self._resident.items()},
+            "measured_weight_bytes": {n: r.measured_weight_bytes for n, r in self._resident.items()},
             "loading": list(self._loading),
             "in_flight": {k: v for k, v in self._in_flight.items() if v},
-            "loads": self.loads,
+            "queue_depth": {k: v for k, v in self._waiting_for_load.items() if v},
+            "loads": dict(self.loads),
+            "load_seconds": dict(self.load_seconds),
+            "loaded_bytes": dict(self.loaded_bytes),
             "evictions": self.evictions,
+            "host_demotions": self.host.demotions,
+            "load_failures": self.load_failures,
+            "eviction_policy": self.policy.name,
         }
+
+    # ---- serving ----------------------------------------------------------------------------
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream `req` on `model`, loading it first if needed. The model cannot be evicted
@@ -86,71 +157,142 @@ class ModelPool:
             raise ModelNotFound(f"The model '{model}' does not exist", model=model)
         self._in_flight[model] = self._in_flight.get(model, 0) + 1
         try:
-            engine = await self._engine(model)
-            async for chunk in engine.generate(req):
+            resident = await self._resident_model(model)
+            self.policy.touch(model, resident.reserved, resident.load_seconds)
+            async for chunk in resident.engine.generate(req):
                 chunk.replica = self.replica_id
                 yield chunk
         finally:
             self._in_flight[model] -= 1
-            self._make_room()  # a model kept over the limit while busy can go now
+            self._room_changed()  # an idle model can be evicted for a waiting load now
 
-    async def _engine(self, model: str):
-        engine = self._resident.get(model)
-        if engine is not None:
-            self._resident.move_to_end(model)
-            return engine
+    async def _resident_model(self, model: str) -> Resident:
+        resident = self._resident.get(model)
+        if resident is not None:
+            return resident
         task = self._loading.get(model)
         if task is None:  # single flight: later callers wait on the same load
             task = asyncio.ensure_future(self._load(model))
             self._loading[model] = task
             task.add_done_callback(lambda _t: self._loading.pop(model, None))
+        self._waiting_for_load[model] = self._waiting_for_load.get(model, 0) + 1
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.load_timeout_s)
         except asyncio.TimeoutError:
             raise PoolOverloaded(
-                f"model '{model}' is still loading after {self.load_timeout_s:.0f}s; retry shortly",
-                retry_after=max(1.0, self.load_timeout_s / 4),
-                model=model,
-            ) from None
+                f"model '{model}' could not be loaded within {self.load_timeout_s:.0f}s (the replica's memory "
+                "is held by models serving other requests); retry shortly",
+                retry_after=max(1.0, min(30.0, self.load_timeout_s / 4)), model=model) from None
+        finally:
+            self._waiting_for_load[model] -= 1
 
-    async def _load(self, model: str):
-        from workers.engine import Engine  # torch is imported only where models run
+    # ---- loading and eviction ---------------------------------------------------------------
+
+    async def _load(self, model: str) -> Resident:
+        try:
+            predicted = self.footprint(model)
+        except PoolError:
+            self.load_failures += 1
+            raise
+        if predicted.total > self.ledger.capacity:
+            self.load_failures += 1
+            raise ModelLoadFailed(
+                f"model '{model}' needs {predicted.total / GIB:.2f} GiB (weights + KV reserve) but the replica's "
+                f"device budget is {self.ledger.capacity / GIB:.2f} GiB", model=model)
+        deadline = time.monotonic() + self.load_timeout_s
+        while not self._try_reserve(model, predicted.total):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PoolOverloaded(f"no room for model '{model}' within {self.load_timeout_s:.0f}s",
+                                     retry_after=5.0, model=model)
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        try:
+            resident = await asyncio.to_thread(self._materialize, model, predicted)
+        except Exception as exc:
+            self.ledger.release(model)
+            self._room_changed()
+            self.load_failures += 1
+            if isinstance(exc, PoolError):
+                raise
+            log.exception("loading %s failed", model)
+            raise ModelLoadFailed(f"model '{model}' failed to load: {type(exc).__name__}: {exc}",
+                                  model=model) from exc
+        self._resident[model] = resident
+        return resident
+
+    def _try_reserve(self, model: str, nbytes: int) -> bool:
+        """Reserve `nbytes` for `model`, evicting idle models if that makes it fit. Runs without
+        awaiting, so check-evict-reserve is atomic on the event loop."""
+        idle = [n for n in self._resident if not self._in_flight.get(n)]
+        victims: list[str] = []
+        free = self.ledger.free()
+        count_room = (lambda: True) if self.max_resident is None else (
+            lambda: len(self._resident) - len(victims) + len(self._loading) <= self.max_resident)
+        while (free < nbytes or not count_room()) and idle:
+            victim = self.policy.victim(idle)
+            idle.remove(victim)
+            victims.append(victim)
+            free += self._resident[victim].reserved
+        if free < nbytes or not count_room():
+            return False
+        if self.nvml is not None and self.nvml.free() + sum(self._resident[v].reserved for v in victims) < nbytes:
+            return False  # other processes hold the device memory our budget would allow
+        for victim in victims:
+            self._evict(victim)
+        return self.ledger.reserve(model, nbytes)
+
+    def _evict(self, model: str) -> None:
+        resident = self._resident.pop(model)
+        resident.engine.close()
+        self.ledger.release(model)
+        self.evictions += 1
+        log.info("evicted %s (%d bytes; %s)", model, resident.reserved,
+                 "warm in host memory" if model in self.host else "cold on disk")
+
+    def _room_changed(self) -> None:
+        self._room.set()
+
+    def _materialize(self, model: str, predicted: Footprint) -> Resident:
+        """Runs in a worker thread: bring the weights to the device and start an engine."""
+        import torch
+
+        from workers.engine import Engine
+        from workers.weights import load_cold, load_warm, tensor_bytes
 
         if self.torch_threads:
-            import torch
-
             # few intra-op threads per process: several torch processes on few cores collapse otherwise
             torch.set_num_threads(self.torch_threads)
-        self._make_room(loading=len(self._loading))
         spec = self.specs[model]
+        dtype = getattr(torch, self.dtype_name(spec))
+        host = self.host.get(model)
         started = time.perf_counter()
-        try:
-            engine = await asyncio.to_thread(
-                Engine.load, model, spec.path, self.device, spec.dtype, max_running=self.max_running_per_model
-            )
-        except PoolError:
-            raise
-        except Exception as exc:
-            log.exception("loading %s from %s failed", model, spec.path)
-            raise ModelLoadFailed(f"model '{model}' failed to load: {type(exc).__name__}: {exc}", model=model) from exc
-        self._resident[model] = engine
-        self.loads += 1
-        log.info("loaded %s in %.2fs", model, time.perf_counter() - started)
-        return engine
+        if host is not None:
+            kind, weights = "warm", load_warm(spec.path, dtype, self.device, host)
+        else:
+            kind, weights = "cold", load_cold(spec.path, dtype, self.device)
+        seconds = time.perf_counter() - started
+        measured = tensor_bytes(weights)
+        if measured > predicted.weight_bytes * 1.05:
+            log.warning("%s: measured %d weight bytes, predicted %d", model, measured, predicted.weight_bytes)
+        if model not in self._tokenizers:
+            from transformers import AutoTokenizer
 
-    def _make_room(self, loading: int = 0) -> None:
-        """Evict least recently used idle models until resident + `loading` fits the limit."""
-        if self.max_resident is None:
-            return
-        while len(self._resident) + loading > self.max_resident:
-            idle = [n for n in self._resident if not self._in_flight.get(n)]
-            if not idle:
-                return  # every resident model is busy; over-commit rather than break a stream
-            victim = idle[0]
-            self._resident.pop(victim).close()
-            self.evictions += 1
+            self._tokenizers[model] = AutoTokenizer.from_pretrained(spec.path)
+        engine = Engine(model, weights, self._tokenizers[model], device=self.device,
+                        max_running=self.max_running_per_model)
+        self.loads[kind] += 1
+        self.load_seconds[kind] += seconds
+        self.loaded_bytes[kind] += measured
+        if kind == "cold" and self.host.capacity:
+            self.host.snapshot_async(model, weights)
+        log.info("loaded %s (%s) in %.2fs, %d bytes", model, kind, seconds, measured)
+        return Resident(engine, predicted.total, measured, predicted, kind, seconds)
 
     def close(self) -> None:
-        for engine in self._resident.values():
-            engine.close()
-        self._resident.clear()
+        for name in list(self._resident):
+            self._resident.pop(name).engine.close()
+            self.ledger.release(name)

@@ -27,6 +27,10 @@ class PoolOptions:
     num_gpus: float = 0.0
     torch_threads: int = 1
     max_resident_models: int | None = None
+    device_budget_bytes: int | None = None
+    host_budget_bytes: int = 0
+    eviction: str = "gdsf"
+    kv_reserve_tokens: int = 2048
     load_timeout_s: float = 120.0
     max_ongoing_requests: int = 256
     autoscaling: dict | None = None
@@ -47,7 +51,9 @@ class PoolReplica:
             replica = f"replica-{os.getpid()}"
         self.pool = ModelPool(specs, device=device, max_resident=options.max_resident_models,
                               load_timeout_s=options.load_timeout_s, replica_id=replica,
-                              torch_threads=options.torch_threads)
+                              torch_threads=options.torch_threads, device_budget_bytes=options.device_budget_bytes,
+                              host_budget_bytes=options.host_budget_bytes, eviction=options.eviction,
+                              kv_reserve_tokens=options.kv_reserve_tokens)
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         async for chunk in self.pool.generate(model, req):

@@ -197,7 +197,7 @@ def test_client_disconnect_mid_stream_frees_the_engine_slot(gateway):
     pool = gateway.backend.pool
     assert pool.stats()["in_flight"].get("mux-5m") == 1
     sock.close()
-    engine = pool._resident["mux-5m"]
+    engine = pool._resident["mux-5m"].engine
     deadline = time.time() + 20
     while (pool.stats()["in_flight"].get("mux-5m") or engine.in_flight) and time.time() < deadline:
         time.sleep(0.05)

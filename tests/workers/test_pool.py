@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from workers.pool import ModelPool
-from workers.types import GenerationRequest, ModelLoadFailed, ModelNotFound, ModelSpec
+from workers.types import GenerationRequest, ModelLoadFailed, ModelNotFound, ModelSpec, PoolOverloaded
 
 
 def specs(zoo_dir, *names):
@@ -25,26 +25,30 @@ def test_concurrent_first_requests_load_the_model_once(zoo_dir):
 
     results = asyncio.run(go())
     assert all(r[-1].completion_tokens == 2 for r in results)
-    assert pool.loads == 1
+    assert pool.loads == {"cold": 1, "warm": 0}
     pool.close()
 
 
-def test_lru_eviction_spares_models_with_requests_in_flight(zoo_dir):
+def test_a_busy_model_is_never_evicted_and_the_waiting_load_times_out_cleanly(zoo_dir):
     pool = ModelPool(specs(zoo_dir, "mux-2m", "mux-5m"), max_resident=1, torch_threads=1)
 
     async def go():
+        await answer(pool, "mux-2m")
+        pool.load_timeout_s = 1.5  # the first load above may be slow on a busy machine; the wait below must not
         busy = pool.generate("mux-2m", GenerationRequest("t", prompt="x", max_tokens=500, temperature=0))
         await anext(busy)  # mux-2m is resident and busy
-        await answer(pool, "mux-5m")  # needs room, but mux-2m must not be evicted mid-stream
+        with pytest.raises(PoolOverloaded) as info:
+            await answer(pool, "mux-5m")  # needs mux-2m's room, which is in use
+        assert info.value.retry_after >= 1
         assert "mux-2m" in pool.stats()["resident"]
         await busy.aclose()
-        await answer(pool, "mux-5m")
-        await answer(pool, "mux-2m")  # now mux-5m is idle and is the one evicted
+        pool.load_timeout_s = 120
+        await answer(pool, "mux-5m")  # mux-2m is idle now: evicted for mux-5m
         return pool.stats()
 
     stats = asyncio.run(go())
-    assert stats["resident"] == ["mux-2m"]
-    assert pool.evictions >= 1
+    assert stats["resident"] == ["mux-5m"]
+    assert pool.evictions == 1
     pool.close()
 
 
@@ -72,4 +76,4 @@ def test_models_are_described_without_loading_them(zoo_dir):
     infos = {m.name: m for m in pool.models()}
     assert infos["mux-2m"].parameters < infos["mux-5m"].parameters
     assert infos["mux-5m"].weight_bytes == infos["mux-5m"].parameters * 4  # float32
-    assert pool.loads == 0
+    assert pool.loads == {"cold": 0, "warm": 0}
