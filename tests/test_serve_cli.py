@@ -51,11 +51,13 @@ def wait_for_banner(proc, timeout=180):
 
 def exercise(url, key):
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=120)
-    out = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    out = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                         temperature=0)
     assert out.choices[0].message.content and out.usage.completion_tokens == 4
     assert out.model == "mux-5m"
     chunks = list(client.chat.completions.create(model="mux-2m", messages=[{"role": "user", "content": "hi"}],
-                                                 max_tokens=6, stream=True, stream_options={"include_usage": True}))
+                                                 max_tokens=6, stream=True, stream_options={"include_usage": True},
+                                                 temperature=0))
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2
     assert chunks[-1].usage.completion_tokens == 6
     assert {"auto", "mux-2m", "mux-5m"} <= {m.id for m in client.models.list()}

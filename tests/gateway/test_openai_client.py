@@ -8,7 +8,7 @@ from support import KEY_ALPHA, TEST_MODELS
 
 def test_chat_auto_returns_text_and_usage(openai_client):
     resp = openai_client.chat.completions.with_raw_response.create(
-        model="auto", messages=[{"role": "user", "content": "Say something."}], max_tokens=8)
+        model="auto", messages=[{"role": "user", "content": "Say something."}], max_tokens=8, temperature=0)
     completion = resp.parse()
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].message.content
@@ -24,7 +24,7 @@ def test_chat_auto_returns_text_and_usage(openai_client):
 
 def test_chat_stream_yields_chunks_then_usage(openai_client):
     stream = openai_client.chat.completions.create(
-        model="mux-5m", messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=12,
+        model="mux-5m", messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=12, temperature=0,
         stream=True, stream_options={"include_usage": True})
     chunks = list(stream)
     content = [c for c in chunks if c.choices and c.choices[0].delta.content]
@@ -65,7 +65,8 @@ def test_stop_sequence_ends_with_stop_and_is_not_returned(openai_client):
 
 
 def test_completions_endpoint_streams(openai_client):
-    chunks = list(openai_client.completions.create(model="mux-2m", prompt="abc", max_tokens=5, stream=True))
+    chunks = list(openai_client.completions.create(model="mux-2m", prompt="abc", max_tokens=5, stream=True,
+                                                            temperature=0))
     assert "".join(c.choices[0].text for c in chunks if c.choices)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 

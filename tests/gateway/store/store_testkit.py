@@ -1,0 +1,196 @@
+"""Helpers for the store contract suite: a fake clock, a private redis-server, backends that
+open several stores on one shared database, usage-record builders and the worker that other
+OS processes run. Imported by conftest.py and the tests (and by spawned child processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import redis
+
+from gateway.store import Principal, Reservation, Store, UsageRecord, open_store
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+HAVE_REDIS_SERVER = Path(REDIS_SERVER).exists()
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/13"  # fallback: a dedicated db and our own prefixes
+
+# 2025-01-15 10:30:00 UTC, a Wednesday in the middle of a month.
+T0 = datetime(2025, 1, 15, 10, 30, tzinfo=timezone.utc).timestamp()
+
+
+class FakeClock:
+    """An injectable clock that only moves when told to."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server process (no persistence) on a free local port."""
+
+    workdir: Path
+    port: int = field(default_factory=_free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 15
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return self
+                except redis.ConnectionError as exc:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start on port {self.port}") \
+                            from exc
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+class Backend:
+    """One shared database (a SQLite file, or a Redis db under a per-test key prefix) from
+    which tests open as many independent store instances as they like."""
+
+    def __init__(self, kind: str, *, sqlite_path: Path | None = None, redis_url: str | None = None):
+        self.kind = kind
+        self.sqlite_path = sqlite_path
+        self.redis_url = redis_url
+        self.prefix = f"mgtest:{uuid.uuid4().hex[:10]}:"
+        self._opened: list[Store] = []
+
+    @property
+    def url(self) -> str:
+        """The open_store URL of this backend, usable from another process."""
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.sqlite_path.resolve()}"
+        return f"{self.redis_url}?prefix={self.prefix}"
+
+    def open(self, *, clock=time.time, reservation_ttl_s: float = 600.0, pepper=None) -> Store:
+        """A new store instance (own connection/thread/pool) on the shared backend."""
+        store = open_store(self.url, clock=clock, reservation_ttl_s=reservation_ttl_s,
+                           pepper=pepper)
+        self._opened.append(store)
+        return store
+
+    def raw_dump(self) -> bytes:
+        """Everything the backend holds, as bytes, to prove what is (not) stored."""
+        if self.kind == "sqlite":
+            parts = [p.read_bytes() for p in self.sqlite_path.parent.glob(
+                self.sqlite_path.name + "*")]
+            return b"".join(parts)
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            chunks = []
+            for name in client.scan_iter(match=self.prefix + "*"):
+                kind = client.type(name)
+                if kind == b"hash":
+                    chunks += [k + v for k, v in client.hgetall(name).items()]
+                elif kind == b"string":
+                    chunks.append(client.get(name))
+                elif kind == b"zset":
+                    chunks += client.zrange(name, 0, -1)
+                elif kind == b"set":
+                    chunks += list(client.smembers(name))
+            return b"\n".join(chunks)
+        finally:
+            client.close()
+
+    async def aclose(self) -> None:
+        for store in self._opened:
+            await store.close()
+        if self.kind == "redis":
+            client = redis.Redis.from_url(self.redis_url)
+            try:
+                names = list(client.scan_iter(match=self.prefix + "*", count=1000))
+                for i in range(0, len(names), 500):
+                    client.delete(*names[i:i + 500])
+            finally:
+                client.close()
+
+
+def usage_for(reservation: Reservation, *, cost_usd="0", prompt_tokens: int = 10,
+              completion_tokens: int = 20, time_s: float | None = None, status: str = "ok",
+              routed_model: str | None = None, baseline_cost_usd=None,
+              gpu_seconds: float = 0.0) -> UsageRecord:
+    """The usage record a gateway would settle for ``reservation``."""
+    return UsageRecord(
+        request_id=reservation.id,
+        time=reservation.created_at if time_s is None else time_s,
+        team_id=reservation.team_id,
+        key_id=reservation.key_id,
+        requested_model=reservation.model,
+        routed_model=routed_model or reservation.model,
+        route_reason="test",
+        route_score=0.5,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=cost_usd,
+        baseline_cost_usd=cost_usd if baseline_cost_usd is None else baseline_cost_usd,
+        gpu_seconds=gpu_seconds,
+        latency_ms=12.5,
+        ttft_ms=3.0,
+        status=status,
+    )
+
+
+def reserve_in_child_process(url: str, principal: Principal, attempts: int, cost_usd: str,
+                             barrier, results) -> None:
+    """Run in a separate OS process: wait for the sibling, then fire ``attempts`` concurrent
+    reserves and send back the reservations that were admitted."""
+
+    async def main() -> list[Reservation]:
+        store = open_store(url)
+        try:
+            await store.ping()  # connect (and create the schema) before the race starts
+            barrier.wait(timeout=60)
+            outcomes = await asyncio.gather(*(
+                store.reserve(principal, "small", cost_usd, 100) for _ in range(attempts)))
+            return [o for o in outcomes if isinstance(o, Reservation)]
+        finally:
+            await store.close()
+
+    results.put(asyncio.run(main()))
+
+
+def money(value: str) -> Decimal:
+    """Shorthand for the six-decimal Decimal the store returns."""
+    return Decimal(value).quantize(Decimal("0.000001"))
