@@ -1,0 +1,154 @@
+"""SQLite connection setup and schema for SQLiteStore.
+
+WAL mode lets readers run while one writer commits; every write is a ``BEGIN IMMEDIATE``
+transaction, which takes the file's write lock up front, so concurrent processes queue on the
+busy timeout instead of failing half-way with a lock upgrade error.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS teams (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    budget_micros INTEGER,
+    budget_period TEXT NOT NULL,
+    rpm_limit INTEGER,
+    tpm_limit INTEGER,
+    allowed_models TEXT NOT NULL,       -- JSON list
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    key_hash TEXT NOT NULL,
+    display_prefix TEXT NOT NULL,
+    scopes TEXT NOT NULL,               -- JSON list
+    allowed_models TEXT NOT NULL,       -- JSON list
+    budget_micros INTEGER,
+    budget_period TEXT NOT NULL,
+    rpm_limit INTEGER,
+    tpm_limit INTEGER,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    replaced_by TEXT
+);
+CREATE INDEX IF NOT EXISTS api_keys_team ON api_keys (team_id, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_hash ON api_keys (key_hash);  -- imported keys
+-- Settled spend per budget period: scope is 'team' or 'key'.
+CREATE TABLE IF NOT EXISTS spend (
+    scope TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    spent_micros INTEGER NOT NULL,
+    PRIMARY KEY (scope, owner_id, period)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    team_period TEXT NOT NULL,
+    key_period TEXT NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reservations_team ON reservations (team_id, team_period, expires_at);
+CREATE INDEX IF NOT EXISTS reservations_key ON reservations (key_id, key_period, expires_at);
+CREATE INDEX IF NOT EXISTS reservations_expiry ON reservations (expires_at);
+-- GCRA state per limit: kind is 'rpm' or 'tpm'.
+CREATE TABLE IF NOT EXISTS rate_state (
+    scope TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    tat_ms REAL NOT NULL,
+    PRIMARY KEY (scope, owner_id, kind)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_records (
+    request_id TEXT PRIMARY KEY,        -- also the settlement idempotency key
+    time REAL NOT NULL,
+    team_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    requested_model TEXT NOT NULL,
+    routed_model TEXT NOT NULL,
+    route_reason TEXT NOT NULL,
+    route_score REAL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    baseline_micros INTEGER NOT NULL,
+    gpu_seconds REAL NOT NULL,
+    latency_ms REAL,
+    ttft_ms REAL,
+    status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time);
+CREATE INDEX IF NOT EXISTS usage_records_team_time ON usage_records (team_id, time);
+CREATE TABLE IF NOT EXISTS usage_rollups (
+    hour INTEGER NOT NULL,
+    team_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    requested_model TEXT NOT NULL,
+    routed_model TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    baseline_micros INTEGER NOT NULL,
+    gpu_micros INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    PRIMARY KEY (hour, team_id, key_id, requested_model, routed_model)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_rollups_team ON usage_rollups (team_id, hour);
+"""
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that holds the database's write lock from its first statement."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # also after a failed COMMIT, so the connection stays usable
+            conn.execute("ROLLBACK")
+        raise
+
+
+def connect(path: str, *, busy_timeout_s: float, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open ``path`` in WAL mode and create or check the schema.
+
+    ``synchronous=NORMAL`` in WAL mode never corrupts the file; a power loss may drop the last
+    commits. Pass "FULL" to fsync every commit.
+    """
+    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None,
+                           check_same_thread=False)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        with immediate(conn):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"{path} has schema version {version}; this muxgate knows {SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
