@@ -82,7 +82,9 @@ class RayServeBackend:
         return await self.handle.models.remote()
 
     async def stats(self) -> list[dict]:
-        return [await self.handle.stats.remote()]
+        from workers.serve_app import replica_stats
+
+        return await replica_stats()
 
     async def close(self) -> None:
         from workers.serve_app import shutdown_pool

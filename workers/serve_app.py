@@ -7,6 +7,7 @@ the application, and torch is imported only inside the replicas.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -16,6 +17,24 @@ from workers.types import GenerationChunk, GenerationRequest, ModelInfo, ModelSp
 
 APP_NAME = "pool"
 DEPLOYMENT_NAME = "ModelPool"
+BOARD_NAME = "muxgate-pool-board"
+BOARD_NAMESPACE = "serve"  # where Serve runs the replicas
+ROUTING_STATS_PERIOD_S = 0.5
+_board = None
+
+
+class PoolBoard:
+    """A small named actor where replicas post their pool stats, so the gateway sees every replica."""
+
+    def __init__(self):
+        self._stats: dict[str, tuple[float, dict]] = {}
+
+    def report(self, replica: str, stats: dict) -> None:
+        self._stats[replica] = (time.time(), stats)
+
+    def all(self, max_age_s: float = 30.0) -> list[dict]:
+        now = time.time()
+        return [s for t, s in self._stats.values() if now - t <= max_age_s]
 
 
 @dataclass(frozen=True)
@@ -65,13 +84,36 @@ class PoolReplica:
     def stats(self) -> dict:
         return self.pool.stats()
 
+    def record_routing_stats(self) -> dict:
+        """Called by Serve's controller every ROUTING_STATS_PERIOD_S; read by ModelAwareRouter."""
+        stats = self.pool.stats()
+        try:
+            import ray
+
+            ray.get_actor(BOARD_NAME, namespace=BOARD_NAMESPACE).report.remote(stats["replica"], stats)
+        except Exception:  # no board (e.g. deployed by other means): routing still works
+            pass
+        return {
+            "resident": stats["resident"],
+            "loading": stats["loading"],
+            "host_models": stats["host_models"],
+            "free_bytes": stats["device_capacity_bytes"] - stats["device_reserved_bytes"],
+            "in_flight": sum(stats["in_flight"].values()),
+        }
+
 
 def build_pool_app(specs: list[ModelSpec], options: PoolOptions):
     """The bound application; `serve.run(build_pool_app(...), name=APP_NAME, route_prefix=None)`."""
     actor_options = {"num_cpus": options.num_cpus, "num_gpus": options.num_gpus}
     if options.env:
         actor_options["runtime_env"] = {"env_vars": dict(options.env)}
-    kwargs = {"ray_actor_options": actor_options, "max_ongoing_requests": options.max_ongoing_requests}
+    from ray.serve.config import RequestRouterConfig
+
+    from workers.replica_router import ModelAwareRouter
+
+    kwargs = {"ray_actor_options": actor_options, "max_ongoing_requests": options.max_ongoing_requests,
+              "request_router_config": RequestRouterConfig(request_router_class=ModelAwareRouter,
+                                                           request_routing_stats_period_s=ROUTING_STATS_PERIOD_S)}
     if options.autoscaling:
         kwargs["autoscaling_config"] = options.autoscaling
     else:
@@ -87,7 +129,17 @@ def deploy_pool(specs: list[ModelSpec], options: PoolOptions, ray_address: str |
         ray.init(address=ray_address, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True)
     serve.start(proxy_location="Disabled")
+    global _board  # a named actor lives as long as a handle to it does: keep one
+    _board = ray.remote(num_cpus=0)(PoolBoard).options(name=BOARD_NAME, namespace=BOARD_NAMESPACE,
+                                                       get_if_exists=True).remote()
     return serve.run(build_pool_app(specs, options), name=APP_NAME, route_prefix=None)
+
+
+async def replica_stats() -> list[dict]:
+    """Every replica's latest pool stats (as posted to the board)."""
+    import ray
+
+    return await ray.get_actor(BOARD_NAME, namespace=BOARD_NAMESPACE).all.remote()
 
 
 def shutdown_pool() -> None:
