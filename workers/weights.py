@@ -50,15 +50,12 @@ def copy_to_host(model, pin: bool) -> HostWeights:
 def load_cold(path: str, dtype: torch.dtype, device: str):
     """Disk -> device through transformers' own loader (the same path as a user's checkpoint).
 
-    transformers maps safetensors lazily; every tensor is materialized here so that the bytes
-    are really read (and accounted) at load time, not page by page during the first request."""
+    On CPU transformers maps the safetensors file and the first forward pass reads the pages;
+    copying them here instead would read and write every byte twice. The bytes are accounted
+    from the tensors' sizes either way."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device if device != "cpu" else None)
-    if device == "cpu":
-        with torch.no_grad():
-            for _, t in _named_tensors(model):
-                t.data = t.data.clone()
     return model.eval()
 
 

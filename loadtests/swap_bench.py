@@ -1,0 +1,137 @@
+"""Swap bandwidth and cold-start latency of the pool's weight tiers, against the plain baselines.
+
+Prints one JSON line:
+  swap_in_gbps / memcpy_gbps: host tier -> resident model vs allocating and copying the same tensors;
+  cold_ttft_s / from_pretrained_ttft_s: disk -> first token through the pool's loader vs plain
+  AutoModelForCausalLM.from_pretrained + generate, both with the file dropped from the page cache.
+Usage: python -m loadtests.swap_bench --json [--model mux-120m] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def drop_page_cache(model_dir: Path) -> bool:
+    """Ask the kernel to forget the checkpoint's pages (no root needed for clean pages)."""
+    ok = True
+    for f in model_dir.glob("*.safetensors"):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            ok = False
+        finally:
+            os.close(fd)
+    return ok
+
+
+def first_token_plain(path: str, torch) -> float:
+    from transformers import AutoModelForCausalLM
+
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=1, do_sample=False, attention_mask=torch.ones_like(ids))
+    return time.perf_counter() - started
+
+
+def first_token_pool(path: str, name: str, torch) -> float:
+    import asyncio
+
+    from workers.pool import ModelPool
+    from workers.types import GenerationRequest, ModelSpec
+
+    pool = ModelPool([ModelSpec(name, path)], kv_reserve_tokens=64)
+
+    async def go():
+        started = time.perf_counter()
+        agen = pool.generate(name, GenerationRequest("b", prompt="abcd", max_tokens=1, temperature=0))
+        async for _ in agen:
+            break
+        elapsed = time.perf_counter() - started
+        await agen.aclose()
+        return elapsed
+
+    try:
+        return asyncio.run(go())
+    finally:
+        pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--model", default="mux-120m")
+    parser.add_argument("--zoo", default="var/zoo")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import torch
+
+    from workers.weights import copy_to_host, load_cold, load_warm
+    from workers.zoo import build_zoo
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    (model_dir,) = build_zoo(Path(args.zoo), [args.model], progress=False)
+    path = str(model_dir)
+
+    # warm tier: host copy -> a resident model, vs memcpy of the same tensors into new memory
+    model = load_cold(path, torch.float32, "cpu")
+    host = copy_to_host(model, pin=False)
+    del model
+    swap_s, memcpy_s = [], []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        resident = load_warm(path, torch.float32, "cpu", host)
+        swap_s.append(time.perf_counter() - started)
+        del resident
+        started = time.perf_counter()
+        copies = [torch.empty_like(t).copy_(t) for t in host.tensors.values()]
+        memcpy_s.append(time.perf_counter() - started)
+        del copies
+    gb = host.nbytes / 1e9
+
+    # cold: disk -> first token, page cache dropped before each, order alternated
+    cold, plain, dropped = [], [], True
+    for i in range(args.repeats):
+        for which in (("pool", "plain") if i % 2 == 0 else ("plain", "pool")):
+            dropped &= drop_page_cache(model_dir)
+            if which == "pool":
+                cold.append(first_token_pool(path, args.model, torch))
+            else:
+                plain.append(first_token_plain(path, torch))
+
+    result = {
+        "bench": "swap_bench",
+        "model": args.model,
+        "weight_bytes": host.nbytes,
+        "swap_in_gbps": round(gb / min(swap_s), 3),
+        "memcpy_gbps": round(gb / min(memcpy_s), 3),
+        "swap_vs_memcpy": round(min(memcpy_s) / min(swap_s), 3),
+        "cold_ttft_s": round(statistics.median(cold), 3),
+        "from_pretrained_ttft_s": round(statistics.median(plain), 3),
+        "cold_vs_from_pretrained": round(statistics.median(cold) / statistics.median(plain), 3),
+        "page_cache_dropped": dropped,
+        "repeats": args.repeats,
+        "device": "cpu",
+        "threads": args.threads,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+    }
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
