@@ -44,7 +44,7 @@ class ZooModel:
 
 
 # Six sizes from ~2M to ~120M parameters, plus variants of the same shapes (different seeds)
-# so multiplexing benchmarks have a dozen distinct models of mixed sizes.
+# so multiplexing benchmarks have a dozen distinct models of mixed sizes besides the largest.
 ZOO: tuple[ZooModel, ...] = (
     ZooModel("mux-2m", 128, 4, 4, 512, seed=1),
     ZooModel("mux-5m", 256, 4, 4, 688, seed=2),
@@ -56,6 +56,7 @@ ZOO: tuple[ZooModel, ...] = (
     ZooModel("mux-5m-b", 256, 4, 4, 688, seed=12),
     ZooModel("mux-5m-c", 256, 4, 4, 688, seed=13),
     ZooModel("mux-10m-b", 256, 10, 4, 688, seed=14),
+    ZooModel("mux-10m-c", 256, 10, 4, 688, seed=17),
     ZooModel("mux-20m-b", 384, 10, 6, 1024, seed=15),
     ZooModel("mux-50m-b", 512, 14, 8, 1408, seed=16),
 )

@@ -1,0 +1,216 @@
+"""Replay one seeded multi-model trace through muxgate's pool and through Ray Serve's own
+model multiplexing (`@serve.multiplexed`), same replicas, same device budget, same run.
+
+Trace: Poisson arrivals, Zipf(1.1) popularity over the twelve zoo models below the largest,
+device budget about a third of their total bytes. Serve multiplexing evicts by model count, so
+it is swept over max_num_models_per_replica and reported at its best (lowest p99 among the
+settings with no out-of-memory event); a load that would push its resident bytes past the
+budget counts as an OOM (it would fail on a GPU). Prints one JSON line.
+Usage: python -m loadtests.mux_trace --json [--requests 120] [--rate 4] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TRACE_MODELS = ["mux-2m", "mux-2m-b", "mux-5m", "mux-5m-b", "mux-5m-c", "mux-10m", "mux-10m-b", "mux-10m-c",
+                "mux-20m", "mux-20m-b", "mux-50m", "mux-50m-b"]
+
+
+def make_trace(n: int, rate: float, seed: int, models: list[str]) -> list[tuple[float, str]]:
+    """(arrival offset in seconds, model) pairs; popularity Zipf(1.1) over a seeded shuffle."""
+    rng = random.Random(seed)
+    order = models[:]
+    rng.shuffle(order)  # popularity independent of size
+    weights = [1.0 / (rank + 1) ** 1.1 for rank in range(len(order))]
+    t, trace = 0.0, []
+    for _ in range(n):
+        t += rng.expovariate(rate)
+        trace.append((t, rng.choices(order, weights)[0]))
+    return trace
+
+
+async def replay(trace, call) -> dict:
+    """Fire each request at its arrival time; return latency stats."""
+    latencies, errors = [], []
+    start = time.perf_counter()
+
+    async def one(offset, model):
+        await asyncio.sleep(max(0.0, offset - (time.perf_counter() - start)))
+        t0 = time.perf_counter()
+        try:
+            await call(model)
+            latencies.append(time.perf_counter() - t0)
+        except Exception as exc:  # counted, not hidden
+            errors.append(type(exc).__name__)
+
+    await asyncio.gather(*[one(o, m) for o, m in trace])
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "completed": len(latencies),
+        "errors": len(errors),
+        "error_types": sorted(set(errors)),
+        "throughput_rps": round(len(latencies) / wall, 3),
+        "p50_s": round(statistics.median(latencies), 4) if latencies else None,
+        "p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 4) if latencies else None,
+    }
+
+
+def serve_multiplexed_app(specs: dict[str, str], max_models: int, budget: int, sizes: dict[str, int]):
+    """Ray Serve's own multiplexing, the way its docs show it, plus byte bookkeeping for OOMs."""
+    from ray import serve
+
+    @serve.deployment(name="ServeMultiplexed", max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
+    class ServeMultiplexed:
+        def __init__(self):
+            import torch
+
+            torch.set_num_threads(1)
+            self.loads = 0
+            self.loaded_bytes = 0
+            self.ooms = 0
+            self.resident: dict[str, bool] = {}
+            self.busy: dict[str, int] = {}  # an evicted model's bytes stay allocated while requests use it
+
+        @serve.multiplexed(max_num_models_per_replica=max_models)
+        async def get_model(self, model_id: str):
+            import asyncio as aio
+
+            from workers.engine import Engine
+
+            engine = await aio.to_thread(Engine.load, model_id, specs[model_id])
+            live = sum(sizes[m] for m in self.resident if self.resident[m] or self.busy.get(m))
+            if live + sizes[model_id] > budget:
+                self.ooms += 1  # on a GPU this load would have failed with CUDA OOM
+            self.resident[model_id] = True
+            self.loads += 1
+            self.loaded_bytes += sizes[model_id]
+            return _Tracked(engine, self.resident, model_id)
+
+        async def generate(self, req):
+            name = serve.get_multiplexed_model_id()
+            model = await self.get_model(name)
+            self.busy[name] = self.busy.get(name, 0) + 1
+            try:
+                return [c async for c in model.engine.generate(req)]
+            finally:
+                self.busy[name] -= 1
+
+        def stats(self):
+            return {"loads": self.loads, "loaded_bytes": self.loaded_bytes, "ooms": self.ooms}
+
+    return ServeMultiplexed.bind()
+
+
+class _Tracked:
+    """Serve calls __del__ on eviction; the bytes are freed only when no request holds it."""
+
+    def __init__(self, engine, resident, name):
+        self.engine, self._resident, self._name = engine, resident, name
+
+    def __del__(self):
+        self._resident[self._name] = False  # the engine itself goes when its last user lets go
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--rate", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--sweep", default="1,2,3,4", help="Serve max_num_models_per_replica values to try")
+    parser.add_argument("--zoo", default="var/zoo")
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from workers.pool import ModelPool
+    from workers.serve_app import PoolOptions, deploy_pool, shutdown_pool
+    from workers.types import GenerationRequest, ModelSpec
+    from workers.zoo import build_zoo
+
+    build_zoo(Path(args.zoo), TRACE_MODELS, progress=False)
+    specs = {m: str(Path(args.zoo) / m) for m in TRACE_MODELS}
+    probe = ModelPool([ModelSpec(m, p) for m, p in specs.items()], kv_reserve_tokens=64)
+    sizes = {m: probe.footprint(m).total for m in TRACE_MODELS}
+    total = sum(sizes.values())
+    budget = total // 3
+    trace = make_trace(args.requests, args.rate, args.seed, TRACE_MODELS)
+
+    def request():
+        return GenerationRequest("trace", prompt="Route this request", max_tokens=args.max_tokens, temperature=0)
+
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    results = {}
+    try:
+        handle = deploy_pool([ModelSpec(m, p) for m, p in specs.items()],
+                             PoolOptions(replicas=1, num_cpus=1, torch_threads=1, device_budget_bytes=budget,
+                                         host_budget_bytes=total, kv_reserve_tokens=64, load_timeout_s=300))
+
+        async def call_pool(model):
+            async for _ in handle.options(stream=True).generate.remote(model, request()):
+                pass
+
+        mux = asyncio.run(replay(trace, call_pool))
+        stats = asyncio.run(_remote(handle.stats))
+        mux.update(bytes_swapped=sum(stats["loaded_bytes"].values()), loads=stats["loads"],
+                   hit_rate=round(1 - sum(stats["loads"].values()) / args.requests, 3), oom=stats["load_failures"],
+                   evictions=stats["evictions"])
+        results["muxgate"] = mux
+        serve.delete("pool")
+
+        sweep = {}
+        for k in [int(x) for x in args.sweep.split(",")]:
+            h = serve.run(serve_multiplexed_app(specs, k, budget, sizes), name=f"mux{k}", route_prefix=None)
+
+            async def call_serve(model, h=h):
+                await h.options(multiplexed_model_id=model).generate.remote(request())
+
+            r = asyncio.run(replay(trace, call_serve))
+            s = asyncio.run(_remote(h.stats))
+            r.update(bytes_swapped=s["loaded_bytes"], loads=s["loads"], oom=s["ooms"],
+                     hit_rate=round(1 - s["loads"] / args.requests, 3))
+            sweep[k] = r
+            serve.delete(f"mux{k}")
+        safe = {k: v for k, v in sweep.items() if v["oom"] == 0 and v["p99_s"] is not None}
+        best_k = min(safe or sweep, key=lambda k: sweep[k]["p99_s"] or 1e9)
+        results["serve_multiplexed"] = {**sweep[best_k], "max_num_models_per_replica": best_k}
+        results["serve_sweep"] = sweep
+    finally:
+        shutdown_pool()
+
+    mux, best = results["muxgate"], results["serve_multiplexed"]
+    out = {
+        "bench": "mux_trace",
+        "requests": args.requests,
+        "rate_rps": args.rate,
+        "seed": args.seed,
+        "models": len(TRACE_MODELS),
+        "total_model_bytes": total,
+        "device_budget_bytes": budget,
+        "bytes_swapped_ratio": round(mux["bytes_swapped"] / max(1, best["bytes_swapped"]), 3),
+        "p99_ratio": round(mux["p99_s"] / best["p99_s"], 3) if mux["p99_s"] and best["p99_s"] else None,
+        "muxgate_oom": mux["oom"],
+        **results,
+    }
+    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+
+
+async def _remote(method):
+    return await method.remote()
+
+
+if __name__ == "__main__":
+    main()
