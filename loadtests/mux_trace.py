@@ -74,6 +74,7 @@ def serve_multiplexed_app(specs: dict[str, str], max_models: int, budget: int, s
     class ServeMultiplexed:
         def __init__(self):
             import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (resolve lazily-imported names once)
 
             torch.set_num_threads(1)
             self.loads = 0

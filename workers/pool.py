@@ -261,7 +261,7 @@ class ModelPool:
         import torch
 
         from workers.engine import Engine
-        from workers.weights import load_cold, load_warm, tensor_bytes
+        from workers.weights import load_cold, load_tokenizer, load_warm, tensor_bytes
 
         if self.torch_threads:
             # few intra-op threads per process: several torch processes on few cores collapse otherwise
@@ -279,9 +279,7 @@ class ModelPool:
         if measured > predicted.weight_bytes * 1.05:
             log.warning("%s: measured %d weight bytes, predicted %d", model, measured, predicted.weight_bytes)
         if model not in self._tokenizers:
-            from transformers import AutoTokenizer
-
-            self._tokenizers[model] = AutoTokenizer.from_pretrained(spec.path)
+            self._tokenizers[model] = load_tokenizer(spec.path)
         engine = Engine(model, weights, self._tokenizers[model], device=self.device,
                         max_running=self.max_running_per_model)
         self.loads[kind] += 1

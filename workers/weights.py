@@ -17,6 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
+# Resolved here, at import, on the importing thread: transformers' lazy module is not safe to
+# resolve from several loader threads at once (concurrent loads raised ImportError).
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
@@ -53,16 +57,12 @@ def load_cold(path: str, dtype: torch.dtype, device: str):
     On CPU transformers maps the safetensors file and the first forward pass reads the pages;
     copying them here instead would read and write every byte twice. The bytes are accounted
     from the tensors' sizes either way."""
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device if device != "cpu" else None)
     return model.eval()
 
 
 def load_warm(path: str, dtype: torch.dtype, device: str, host: HostWeights):
     """Host -> device: a skeleton on the meta device (no init cost), then one copy per tensor."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     config = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -142,3 +142,7 @@ class HostTier:
         thread = threading.Thread(target=run, name=f"host-copy-{name}", daemon=True)
         thread.start()
         return thread
+
+
+def load_tokenizer(path: str):
+    return AutoTokenizer.from_pretrained(path)
