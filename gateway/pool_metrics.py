@@ -1,0 +1,65 @@
+"""The pool's state as Prometheus metrics on the gateway's /metrics.
+
+Replicas live in other processes (Ray actors), so the gateway polls `Backend.stats()` in the
+background and a collector renders the latest snapshot at scrape time: a scrape never waits on
+the pool, and a slow pool never slows a scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger(__name__)
+
+
+class PoolMetricsCollector:
+    def __init__(self):
+        self.snapshot: list[dict] = []
+
+    def collect(self):
+        resident = GaugeMetricFamily("muxgate_pool_resident_models", "Models resident on a replica's device.",
+                                     labels=["replica"])
+        tier_bytes = GaugeMetricFamily("muxgate_pool_bytes", "Bytes held per tier (device reserved, host warm copies).",
+                                       labels=["replica", "tier"])
+        capacity = GaugeMetricFamily("muxgate_pool_capacity_bytes", "Byte budget per tier.", labels=["replica", "tier"])
+        model_bytes = GaugeMetricFamily("muxgate_pool_model_bytes", "Device bytes reserved by a resident model.",
+                                        labels=["replica", "model"])
+        queue = GaugeMetricFamily("muxgate_pool_queue_depth", "Requests waiting for their model to load.",
+                                  labels=["replica", "model"])
+        loads = CounterMetricFamily("muxgate_pool_loads", "Model loads by source tier (cold: disk, warm: host).",
+                                    labels=["replica", "tier"])
+        swap = CounterMetricFamily("muxgate_pool_swap_in_seconds", "Seconds spent bringing models to the device.",
+                                   labels=["replica", "tier"])
+        evictions = CounterMetricFamily("muxgate_pool_evictions", "Models evicted from the device.", labels=["replica"])
+        failures = CounterMetricFamily("muxgate_pool_load_failures", "Loads that failed.", labels=["replica"])
+        for s in self.snapshot:
+            r = str(s.get("replica"))
+            resident.add_metric([r], len(s.get("resident", [])))
+            tier_bytes.add_metric([r, "device"], s.get("device_reserved_bytes", 0))
+            tier_bytes.add_metric([r, "host"], s.get("host_used_bytes", 0))
+            capacity.add_metric([r, "device"], s.get("device_capacity_bytes", 0))
+            capacity.add_metric([r, "host"], s.get("host_capacity_bytes", 0))
+            for model, nbytes in s.get("resident_bytes", {}).items():
+                model_bytes.add_metric([r, model], nbytes)
+            for model, depth in s.get("queue_depth", {}).items():
+                queue.add_metric([r, model], depth)
+            for tier, n in s.get("loads", {}).items():
+                loads.add_metric([r, tier], n)
+            for tier, secs in s.get("load_seconds", {}).items():
+                swap.add_metric([r, tier], secs)
+            evictions.add_metric([r], s.get("evictions", 0))
+            failures.add_metric([r], s.get("load_failures", 0))
+        yield from (resident, tier_bytes, capacity, model_bytes, queue, loads, swap, evictions, failures)
+
+
+async def poll_pool_stats(backend, collector: PoolMetricsCollector, period_s: float = 2.0) -> None:
+    """Refresh the collector's snapshot until cancelled."""
+    while True:
+        try:
+            collector.snapshot = await backend.stats()
+        except Exception as exc:  # the pool may be starting or restarting; keep the last snapshot
+            log.debug("pool stats unavailable: %s", exc)
+        await asyncio.sleep(period_s)
