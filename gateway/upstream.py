@@ -1,0 +1,136 @@
+"""Remote OpenAI-compatible upstreams (a hosted API, an existing vLLM server) as Backends.
+
+A request is sent as a streamed chat/completions call and turned back into GenerationChunks,
+so streaming, usage and errors look the same to the gateway whichever backend served them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import AsyncIterator
+
+import httpx
+
+from gateway.errors import BackendFailed, BackendUnavailable, BadRequest, RateLimited
+from workers.types import GenerationChunk, GenerationRequest, ModelInfo
+
+
+class UpstreamBackend:
+    """One upstream model: `base_url` (ending in /v1) and the model name it knows it by."""
+
+    def __init__(self, name: str, base_url: str, remote_model: str, api_key: str | None = None,
+                 timeout_s: float = 120.0, context_length: int = 128_000, client: httpx.AsyncClient | None = None):
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.remote_model = remote_model
+        self.context_length = context_length
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        # one pooled client per upstream: connection reuse is most of a proxy's latency budget
+        self._client = client or httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0),
+                                                   limits=httpx.Limits(max_connections=512,
+                                                                       max_keepalive_connections=512))
+
+    def _body(self, req: GenerationRequest) -> tuple[str, dict]:
+        body = {"model": self.remote_model, "stream": True, "stream_options": {"include_usage": True},
+                "temperature": req.temperature, "top_p": req.top_p}
+        if req.max_tokens is not None:
+            body["max_tokens"] = req.max_tokens
+        if req.stop:
+            body["stop"] = req.stop
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if req.messages is not None:
+            return "/chat/completions", {**body, "messages": req.messages}
+        return "/completions", {**body, "prompt": req.prompt}
+
+    async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        path, body = self._body(req)
+        started = time.perf_counter()
+        try:
+            async with self._client.stream("POST", self.base_url + path, json=body) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise _upstream_error(self.name, resp)
+                async for chunk in _parse_stream(resp, started):
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(f"upstream for '{self.name}' unreachable ({type(exc).__name__})",
+                                     retry_after=1) from exc
+
+    async def models(self) -> list[ModelInfo]:
+        return [ModelInfo(self.name, self.context_length, 0, 0)]
+
+    async def stats(self) -> list[dict]:
+        return []
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+async def _parse_stream(resp: httpx.Response, started: float) -> AsyncIterator[GenerationChunk]:
+    prompt_tokens = completion_tokens = 0
+    finish = None
+    async for line in resp.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        event = json.loads(data)
+        if "error" in event:
+            raise BackendFailed(f"upstream error: {event['error'].get('message', 'unknown')}")
+        if event.get("usage"):
+            prompt_tokens = event["usage"].get("prompt_tokens", 0)
+            completion_tokens = event["usage"].get("completion_tokens", 0)
+        for choice in event.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+            finish = choice.get("finish_reason") or finish
+            if text:
+                completion_tokens += 1  # an estimate until the usage event gives the exact count
+                yield GenerationChunk(text, None, prompt_tokens, completion_tokens)
+    # the final chunk carries the upstream's exact usage (include_usage), as the pool's does
+    yield GenerationChunk("", finish or "stop", prompt_tokens, completion_tokens,
+                          gpu_seconds=0.0, replica="upstream")
+
+
+def _upstream_error(name: str, resp: httpx.Response) -> Exception:
+    try:
+        message = resp.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = resp.text[:200]
+    if resp.status_code == 429:
+        return RateLimited(f"upstream for '{name}' is rate limiting: {message}",
+                           retry_after=float(resp.headers.get("retry-after", 1)))
+    if resp.status_code in (400, 404, 413, 422):
+        return BadRequest(f"upstream for '{name}' refused the request: {message}")
+    if resp.status_code in (502, 503, 504):
+        return BackendUnavailable(f"upstream for '{name}' unavailable ({resp.status_code}): {message}",
+                                  retry_after=1)
+    return BackendFailed(f"upstream for '{name}' failed ({resp.status_code})")
+
+
+class RoutedBackends:
+    """The gateway's one Backend: each model name goes to the backend that serves it."""
+
+    def __init__(self, default, upstreams: dict[str, UpstreamBackend] | None = None):
+        self.default = default
+        self.upstreams = upstreams or {}
+
+    def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        return (self.upstreams.get(model) or self.default).generate(model, req)
+
+    async def models(self) -> list[ModelInfo]:
+        out = list(await self.default.models()) if self.default is not None else []
+        for upstream in self.upstreams.values():
+            out.extend(await upstream.models())
+        return out
+
+    async def stats(self) -> list[dict]:
+        return await self.default.stats() if self.default is not None else []
+
+    async def close(self) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.close()
+        if self.default is not None:
+            await self.default.close()

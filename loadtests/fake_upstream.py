@@ -1,0 +1,84 @@
+"""A fake OpenAI-compatible upstream that answers instantly (streaming or not), for measuring
+what a gateway adds. A bare ASGI app, so its own cost stays small and constant.
+Run: python -m loadtests.fake_upstream --port 9100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
+
+
+def _usage(n: int) -> dict:
+    return {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    path = scope["path"]
+    if scope["method"] == "GET" and path.endswith("/models"):
+        return await _json(send, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,
+                                                             "owned_by": "fake"}]})
+    if scope["method"] == "GET":
+        return await _json(send, {"status": "ok"})
+    req = json.loads(body or b"{}")
+    chat = path.endswith("/chat/completions")
+    model, created, rid = req.get("model", "fake"), int(time.time()), "cmpl-fake"
+    n = min(len(WORDS), int(req.get("max_tokens") or len(WORDS)))
+    if not req.get("stream"):
+        text = "".join(WORDS[:n])
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
+                  else {"index": 0, "text": text, "finish_reason": "stop"})
+        return await _json(send, {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                                  "created": created, "model": model, "choices": [choice], "usage": _usage(n)})
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    events = []
+    for i, word in enumerate(WORDS[:n]):
+        choice = ({"index": 0, "delta": {"content": word} if i else {"role": "assistant", "content": word},
+                   "finish_reason": None} if chat else {"index": 0, "text": word, "finish_reason": None})
+        events.append({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]})
+    last = {"index": 0, "delta": {}, "finish_reason": "stop"} if chat else {"index": 0, "text": "", "finish_reason": "stop"}
+    events.append({"id": rid, "object": obj, "created": created, "model": model, "choices": [last]})
+    if (req.get("stream_options") or {}).get("include_usage"):
+        events.append({"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": _usage(n)})
+    payload = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _json(send, obj: dict) -> None:
+    data = json.dumps(obj).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()
