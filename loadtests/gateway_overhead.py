@@ -1,0 +1,252 @@
+"""What a gateway adds to each request, side by side: direct to a fake instant upstream, via
+muxgate (auth, routing and usage accounting on), via LiteLLM's proxy, in one run.
+
+Load points: fixed concurrency (1, 8, 32 closed-loop clients) and fixed arrival rates (50, 200,
+500 requests/s, open loop). For each point and system: p50/p99 latency, and the added latency
+(p50/p99 over direct). Prints one JSON line.
+Usage: python -m loadtests.gateway_overhead --json [--seconds 6] [--litellm PATH]
+LiteLLM runs from its own virtualenv (it pins packages muxgate does not need):
+  python3 -m venv .venv-litellm && .venv-litellm/bin/pip install 'litellm[proxy]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+KEY = "mg-bench-0123456789abcdef0123456789"
+LITELLM_KEY = "sk-bench-1234"
+BODY = {"model": "fake", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 6}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120.0, headers: dict | None = None) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2)
+            return
+        except Exception:
+            time.sleep(0.25)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd,
+                            env={**os.environ, **(env or {})})
+
+
+def muxgate_config(upstream_url: str, tmp: Path, port: int) -> Path:
+    config = {
+        "version": 1,
+        "server": {"host": "127.0.0.1", "port": port},
+        "keys": [{"team": "bench", "name": "bench", "key": KEY}],
+        "store": {"url": f"sqlite:///{tmp / 'bench.db'}"},
+        "models": [{"name": "fake", "upstream": {"base_url": upstream_url, "model": "fake"}}],
+        "prices": {"fake": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+        "routing": {"default_model": "fake"},
+    }
+    path = tmp / "muxgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def litellm_config(upstream_url: str, tmp: Path) -> Path:
+    config = {"model_list": [{"model_name": "fake", "litellm_params": {"model": "openai/fake", "api_base": upstream_url,
+                                                                      "api_key": "unused"}}],
+              "general_settings": {"master_key": LITELLM_KEY},
+              "litellm_settings": {"drop_params": True, "telemetry": False}}
+    path = tmp / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def closed_loop(session, url, headers, concurrency: int, seconds: float, stream: bool) -> list[float]:
+    body = {**BODY, "stream": stream}
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client():
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, json=body, headers=headers) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+            except Exception:
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    await asyncio.gather(*[client() for _ in range(concurrency)])
+    return latencies, errors
+
+
+async def open_loop(session, url, headers, rate: float, seconds: float) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    n = int(rate * seconds)
+    start = time.perf_counter()
+
+    async def one(i):
+        nonlocal errors
+        await asyncio.sleep(max(0.0, i / rate - (time.perf_counter() - start)))
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, json=BODY, headers=headers) as resp:
+                await resp.read()
+                ok = resp.status == 200
+        except Exception:
+            ok = False
+        if ok:
+            latencies.append(time.perf_counter() - t0)
+        else:
+            errors += 1
+
+    await asyncio.gather(*[one(i) for i in range(n)])
+    return latencies, errors
+
+
+def summarize(latencies: list[float], errors: int) -> dict:
+    if not latencies:
+        return {"n": 0, "errors": errors, "p50_ms": None, "p99_ms": None}
+    xs = sorted(latencies)
+    return {"n": len(xs), "errors": errors, "p50_ms": round(statistics.median(xs) * 1000, 3),
+            "p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1000, 3)}
+
+
+async def measure(targets: dict, points: list[tuple[str, float]], seconds: float) -> dict:
+    import aiohttp
+
+    results = {}
+    connector = aiohttp.TCPConnector(limit=1024, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for name, (url, headers) in targets.items():  # warm up every path first
+            for _ in range(50):
+                async with session.post(url, json=BODY, headers=headers) as resp:
+                    await resp.read()
+        for kind, value in points:
+            label = f"{kind}{int(value)}"
+            results[label] = {}
+            for name, (url, headers) in targets.items():
+                if kind == "c":
+                    lat, err = await closed_loop(session, url, headers, int(value), seconds, stream=False)
+                elif kind == "s":
+                    lat, err = await closed_loop(session, url, headers, int(value), seconds, stream=True)
+                else:
+                    lat, err = await open_loop(session, url, headers, value, seconds)
+                results[label][name] = summarize(lat, err)
+                await asyncio.sleep(0.5)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--litellm", default=None, help="litellm executable (default: .venv-litellm/bin/litellm)")
+    parser.add_argument("--rates", default="50,200,500")
+    parser.add_argument("--concurrency", default="1,8,32")
+    args = parser.parse_args()
+
+    repo = Path(__file__).resolve().parent.parent
+    litellm = args.litellm or shutil.which("litellm") or str(repo / ".venv-litellm" / "bin" / "litellm")
+    have_litellm = Path(litellm).exists()
+    tmp = Path(tempfile.mkdtemp(prefix="mg-overhead-"))
+    procs = []
+    try:
+        up_port, mg_port, ll_port = free_port(), free_port(), free_port()
+        upstream = f"http://127.0.0.1:{up_port}/v1"
+        procs.append(start([sys.executable, "-m", "loadtests.fake_upstream", "--port", str(up_port)], cwd=str(repo)))
+        wait_http(upstream + "/models")
+        cfg = muxgate_config(upstream, tmp, mg_port)
+        procs.append(start([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--no-ray"],
+                           cwd=str(repo)))
+        wait_http(f"http://127.0.0.1:{mg_port}/healthz")
+        targets = {
+            "direct": (upstream + "/chat/completions", {}),
+            "muxgate": (f"http://127.0.0.1:{mg_port}/v1/chat/completions", {"authorization": f"Bearer {KEY}"}),
+        }
+        if have_litellm:
+            procs.append(start([litellm, "--config", str(litellm_config(upstream, tmp)), "--port", str(ll_port),
+                                "--num_workers", "1"], env={"LITELLM_LOG": "ERROR", "DISABLE_ADMIN_UI": "True"},
+                               cwd=str(tmp)))
+            wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
+            targets["litellm"] = (f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+                                  {"authorization": f"Bearer {LITELLM_KEY}"})
+        points = [("c", float(c)) for c in args.concurrency.split(",")] + \
+                 [("s", 8.0)] + [("r", float(r)) for r in args.rates.split(",")]
+        results = asyncio.run(measure(targets, points, args.seconds))
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def added(point, name, q):
+        r = results[point]
+        if r.get(name, {}).get(q) is None or r["direct"][q] is None:
+            return None
+        return round(r[name][q] - r["direct"][q], 3)
+
+    ratios = []
+    for point, r in results.items():
+        for q in ("p50_ms", "p99_ms"):
+            r[f"muxgate_added_{q}"] = added(point, "muxgate", q)
+            if have_litellm:
+                r[f"litellm_added_{q}"] = added(point, "litellm", q)
+                a, b = r[f"muxgate_added_{q}"], r[f"litellm_added_{q}"]
+                if a is not None and b:
+                    r[f"ratio_vs_litellm_{q}"] = round(max(a, 0.0) / b, 3) if b > 0 else None
+                    if r[f"ratio_vs_litellm_{q}"] is not None:
+                        ratios.append(r[f"ratio_vs_litellm_{q}"])
+
+    def max_rate(name):
+        ok = [int(p[1:]) for p, r in results.items() if p.startswith("r") and r.get(name, {}).get("p99_ms") is not None
+              and r[name]["p99_ms"] < 100 and r[name]["errors"] == 0]
+        return max(ok) if ok else None
+
+    out = {
+        "bench": "gateway_overhead",
+        "seconds_per_point": args.seconds,
+        "muxgate_added_p50_ms_r200": results.get("r200", {}).get("muxgate_added_p50_ms"),
+        "muxgate_added_p99_ms_r200": results.get("r200", {}).get("muxgate_added_p99_ms"),
+        "max_ratio_vs_litellm": max(ratios) if ratios else None,
+        "max_rate_p99_under_100ms": {n: max_rate(n) for n in ("direct", "muxgate", "litellm") if n != "litellm"
+                                     or have_litellm},
+        "litellm": have_litellm,
+        "machine": f"{os.cpu_count()} cores",
+        "points": results,
+    }
+    print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
