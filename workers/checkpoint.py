@@ -13,11 +13,24 @@ def safetensors_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
 
-def _tensor_sizes(file: Path) -> tuple[int, int]:
-    """(parameter count, bytes) from a safetensors header: 8-byte length, then JSON."""
+def read_header(file: Path) -> dict:
+    """A safetensors header: 8-byte little-endian length, then JSON (name -> dtype, shape, offsets)."""
     with file.open("rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
+        return json.loads(fh.read(n))
+
+
+def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
+    """Every tensor's shape across a checkpoint directory's safetensors files."""
+    shapes = {}
+    for f in safetensors_files(Path(path)):
+        shapes.update({k: v["shape"] for k, v in read_header(f).items() if k != "__metadata__"})
+    return shapes
+
+
+def _tensor_sizes(file: Path) -> tuple[int, int]:
+    """(parameter count, bytes) of one safetensors file."""
+    header = read_header(file)
     params = nbytes = 0
     for name, meta in header.items():
         if name == "__metadata__":

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.checkpoint import read_model_info
+from workers.checkpoint import read_model_info, tensor_shapes
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 
@@ -22,7 +22,21 @@ class Footprint:
         return self.weight_bytes + self.kv_reserve_bytes
 
 
-def predict_footprint(name: str, path: str | Path, dtype: str, kv_reserve_tokens: int) -> Footprint:
+def _int8_weight_bytes(path: str | Path, dtype_bytes: int) -> int:
+    """Weights after weight-only int8: linear layers (2-D weights but the embedding and the LM head,
+    which kernels.quant_linear leaves in float) become 1 byte per weight + a float32 scale per row."""
+    total = 0
+    for name, shape in tensor_shapes(path).items():
+        count = 1
+        for dim in shape:
+            count *= dim
+        linear = len(shape) == 2 and name.endswith(".weight") and "embed" not in name and "lm_head" not in name
+        total += count + 4 * shape[0] if linear else count * dtype_bytes
+    return total
+
+
+def predict_footprint(name: str, path: str | Path, dtype: str, kv_reserve_tokens: int,
+                      quantization: str | None = None) -> Footprint:
     """From config.json and the safetensors headers only (nothing is loaded)."""
     info = read_model_info(name, path)
     config = json.loads((Path(path) / "config.json").read_text())
@@ -35,4 +49,5 @@ def predict_footprint(name: str, path: str | Path, dtype: str, kv_reserve_tokens
     # rotary inv_freq buffers (and their original copy) in float32: tiny, but counted
     buffers = 2 * (head_dim // 2) * 4
     kv_per_token = 2 * layers * kv_heads * head_dim * size
-    return Footprint(info.parameters * size + buffers, kv_per_token, kv_per_token * kv_reserve_tokens)
+    weights = _int8_weight_bytes(path, size) if quantization == "int8" else info.parameters * size
+    return Footprint(weights + buffers, kv_per_token, kv_per_token * kv_reserve_tokens)

@@ -120,7 +120,7 @@ class ModelPool:
         if model not in self._footprints:
             spec = self.specs[model]
             self._footprints[model] = predict_footprint(model, spec.path, self.dtype_name(spec),
-                                                        self.kv_reserve_tokens)
+                                                        self.kv_reserve_tokens, spec.quantization)
         return self._footprints[model]
 
     def stats(self) -> dict:
@@ -271,9 +271,9 @@ class ModelPool:
         host = self.host.get(model)
         started = time.perf_counter()
         if host is not None:
-            kind, weights = "warm", load_warm(spec.path, dtype, self.device, host)
+            kind, weights = "warm", load_warm(spec.path, dtype, self.device, host, spec.quantization)
         else:
-            kind, weights = "cold", load_cold(spec.path, dtype, self.device)
+            kind, weights = "cold", load_cold(spec.path, dtype, self.device, spec.quantization)
         seconds = time.perf_counter() - started
         measured = tensor_bytes(weights)
         if measured > predicted.weight_bytes * 1.05:

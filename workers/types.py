@@ -103,3 +103,4 @@ class ModelSpec:
     name: str
     path: str
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on GPU
+    quantization: str | None = None  # "int8": weight-only int8 linear layers (kernels.quant_linear)

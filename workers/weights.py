@@ -51,21 +51,35 @@ def copy_to_host(model, pin: bool) -> HostWeights:
     return HostWeights(tensors, sum(t.numel() * t.element_size() for t in tensors.values()), pin)
 
 
-def load_cold(path: str, dtype: torch.dtype, device: str):
+def quantize(model, quantization: str | None):
+    """Apply the configured weight-only quantization (a module swap; see kernels.quant_linear)."""
+    if quantization is None:
+        return model
+    if quantization != "int8":
+        raise ValueError(f"unknown quantization {quantization!r}")
+    from kernels.quant_linear import quantize_model
+
+    return quantize_model(model)
+
+
+def load_cold(path: str, dtype: torch.dtype, device: str, quantization: str | None = None):
     """Disk -> device through transformers' own loader (the same path as a user's checkpoint).
 
     On CPU transformers maps the safetensors file and the first forward pass reads the pages;
     copying them here instead would read and write every byte twice. The bytes are accounted
     from the tensors' sizes either way."""
+    if quantization is not None:  # quantize on the host: the device never holds the float weights
+        model = quantize(AutoModelForCausalLM.from_pretrained(path, dtype=dtype), quantization)
+        return model.to(device).eval()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device if device != "cpu" else None)
     return model.eval()
 
 
-def load_warm(path: str, dtype: torch.dtype, device: str, host: HostWeights):
+def load_warm(path: str, dtype: torch.dtype, device: str, host: HostWeights, quantization: str | None = None):
     """Host -> device: a skeleton on the meta device (no init cost), then one copy per tensor."""
     config = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = quantize(AutoModelForCausalLM.from_config(config, dtype=dtype), quantization)
     model.to_empty(device=device)
     with torch.no_grad():
         for name, t in _named_tensors(model):

@@ -139,3 +139,33 @@ def test_gdsf_ages_out_models_that_stopped_being_used():
     for _ in range(3):  # ...so a model used as often as the stale one, but later, outranks it
         gdsf.touch("newer", 100, 1.0)
     assert gdsf.victim(["old", "newer"]) == "old"
+
+
+def test_int8_models_are_accounted_swapped_and_served_in_fewer_bytes(zoo_dir):
+    names = ["mux-2m", "mux-5m"]
+    float_pool = ModelPool(specs(zoo_dir, *names), kv_reserve_tokens=64)
+    q_specs = [ModelSpec(n, str(zoo_dir / n), quantization="int8") for n in names]
+    probe = ModelPool(q_specs, kv_reserve_tokens=64)
+    for n in names:  # linear layers are a quarter of float32; embeddings and the head stay float
+        assert probe.footprint(n).weight_bytes < 0.75 * float_pool.footprint(n).weight_bytes
+    budget = max(probe.footprint(n).total for n in names) + 1024
+    pool = ModelPool(q_specs, device_budget_bytes=budget, host_budget_bytes=10**9, kv_reserve_tokens=64,
+                     torch_threads=1)
+
+    async def go():
+        first = "".join(c.text for c in await answer(pool, "mux-2m", max_tokens=6))
+        for _ in range(200):
+            if pool.host.get("mux-2m"):
+                break
+            await asyncio.sleep(0.02)
+        await answer(pool, "mux-5m")
+        again = "".join(c.text for c in await answer(pool, "mux-2m", max_tokens=6))
+        return first, again
+
+    first, again = asyncio.run(go())
+    assert first == again and first
+    assert pool.loads["warm"] == 1
+    for name, measured in pool.stats()["measured_weight_bytes"].items():
+        predicted = pool.footprint(name).weight_bytes
+        assert abs(predicted - measured) / measured <= 0.05, (name, predicted, measured)
+    pool.close()
