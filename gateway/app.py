@@ -13,12 +13,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import admin, report_routes
 from gateway.auth import ConfigKeyAuthenticator
 from gateway.backends import Backend
+from gateway.callers import AdminKey, ConfigCallers
 from gateway.completions import CompletionService
 from gateway.config import MuxgateConfig
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_response
 from gateway.metrics import GatewayMetrics
+from gateway.store import Store
+from gateway.tenancy import Tenancy, resolve_admin_key
 from policies.router import AUTO, Router
 from workers.types import ModelInfo
 
@@ -51,19 +55,42 @@ class RequestIdMiddleware:
 class Gateway:
     """Everything a handler needs, built once."""
 
-    def __init__(self, config: MuxgateConfig, backend: Backend, authenticator=None):
+    def __init__(self, config: MuxgateConfig, backend: Backend, authenticator=None, store: Store | None = None):
         self.config = config
         self.backend = backend
         self.metrics = GatewayMetrics()
-        self.authenticator = authenticator or ConfigKeyAuthenticator.from_config(config.keys)
+        self.model_infos: dict[str, ModelInfo] = {}
+        self._models_listed_at = float("-inf")
+        # With a store: keys, budgets and the ledger live there. Without (store.url: null): the
+        # config's keys only, every request admitted, nothing recorded.
+        self.tenancy = (Tenancy(config, self.metrics.registry, self.context_length, store)
+                        if store is not None or config.store.url else None)
+        if self.tenancy is not None:
+            self.callers = self.tenancy.authenticator
+        else:
+            self.callers = ConfigCallers(ConfigKeyAuthenticator.from_config(config.keys).authenticate,
+                                         AdminKey(resolve_admin_key(config.admin)))
+        self.authenticator = authenticator or self.callers
         self.router = Router(config.routing, [m.name for m in config.models])
         self.completions = CompletionService(backend, self.router, self.authenticator.authenticate,
-                                             self.metrics, config.server)
-        self.model_infos: dict[str, ModelInfo] = {}
+                                             self.metrics, config.server,
+                                             admission=self.tenancy.admission if self.tenancy else None)
         self.created = int(time.time())
 
     async def refresh_models(self) -> None:
         self.model_infos = {m.name: m for m in await self.backend.models()}
+
+    async def context_length(self, model: str) -> int | None:
+        """The model's context (for admission's worst case); None when the pool does not know it."""
+        # A model the pool does not list (an upstream one) must not cost a pool call per request.
+        if model not in self.model_infos and time.monotonic() - self._models_listed_at > 30:
+            self._models_listed_at = time.monotonic()
+            try:
+                await self.refresh_models()
+            except Exception:
+                log.exception("could not list the pool's models")
+        info = self.model_infos.get(model)
+        return info.context_length if info else None
 
 
 def _endpoint(handler):
@@ -92,11 +119,13 @@ async def completions(gw: Gateway, request: Request) -> Response:
 
 
 async def list_models(gw: Gateway, request: Request) -> Response:
-    await gw.authenticator.authenticate(request.headers.get("authorization"))
+    principal = await gw.authenticator.authenticate(request.headers.get("authorization"))
     if not gw.model_infos:
         await gw.refresh_models()
     data = [{"id": AUTO, "object": "model", "created": gw.created, "owned_by": "muxgate"}]
     for m in gw.config.models:
+        if not principal.allows_model(m.name):  # a key sees only the models it may use
+            continue
         info = gw.model_infos.get(m.name)
         entry = {"id": m.name, "object": "model", "created": gw.created, "owned_by": "muxgate"}
         if info is not None:
@@ -122,17 +151,22 @@ async def _http_exception(request: Request, exc: HTTPException) -> Response:
     return error_response(GatewayError(str(exc.detail)), rid)
 
 
-def create_app(config: MuxgateConfig, backend: Backend, authenticator=None) -> Starlette:
-    gateway = Gateway(config, backend, authenticator)
+def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, store: Store | None = None) -> Starlette:
+    """The gateway app; ``store`` overrides the one `store.url` names (tests)."""
+    gateway = Gateway(config, backend, authenticator, store)
 
     @asynccontextmanager
     async def lifespan(app):
+        if gateway.tenancy is not None:
+            await gateway.tenancy.start()  # no store, no gateway: keys and budgets live there
         try:
             await gateway.refresh_models()
         except Exception:
             log.exception("could not list the pool's models at start-up; will retry on /v1/models")
         yield
         await gateway.completions.drain()
+        if gateway.tenancy is not None:
+            await gateway.tenancy.close()
         await backend.close()
 
     routes = [
@@ -141,6 +175,8 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None) -> S
         Route("/v1/models", _endpoint(list_models), methods=["GET"]),
         Route("/healthz", _endpoint(healthz), methods=["GET"]),
         Route("/metrics", _endpoint(metrics), methods=["GET"]),
+        *admin.routes(_endpoint),
+        *report_routes.routes(_endpoint),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_exception})
     app.state.gateway = gateway

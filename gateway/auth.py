@@ -1,7 +1,10 @@
 """Bearer-key authentication: a presented key becomes a Principal (team, key id, scopes).
 
-Keys are held only as SHA-256 hashes; a lookup hashes the presented key and compares the
-digest in constant time, so neither the secret nor its timing leaks.
+With a store (the default) keys are looked up there (gateway/tenancy.py); this module holds what
+both modes share (the Authorization header, secrets in files) and the store-less mode, where
+only the config's keys are accepted. Keys are held only as SHA-256 hashes; a lookup hashes the
+presented key and compares the digest in constant time, so neither the secret nor its timing
+leaks.
 """
 
 from __future__ import annotations
@@ -9,19 +12,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import ConfigError, KeyConfig
 from gateway.errors import Unauthorized
+from gateway.keys import generate_key
+from gateway.store.records import Principal
 
-
-@dataclass(frozen=True)
-class Principal:
-    team: str
-    key_id: str
-    scopes: frozenset[str] = field(default_factory=frozenset)
+__all__ = ["ConfigKeyAuthenticator", "Principal", "bearer_token", "read_or_create_secret", "resolve_key"]
 
 
 def hash_key(secret: str) -> str:
@@ -34,7 +32,8 @@ def redact(secret: str) -> str:
 
 
 def new_secret() -> str:
-    return "mg-" + secrets.token_urlsafe(32)
+    """A fresh key in muxgate's format (its id is embedded, so the store finds it by id)."""
+    return generate_key().secret
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -56,12 +55,20 @@ def resolve_key(cfg: KeyConfig) -> tuple[str, bool]:
         if not value:
             raise ConfigError(f"keys: environment variable {cfg.key_env} is not set")
         return value, False
-    path = Path(cfg.key_file)
+    return read_or_create_secret(cfg.key_file)
+
+
+def read_or_create_secret(key_file: str | os.PathLike) -> tuple[str, bool]:
+    """The secret in ``key_file``, creating the file (mode 0600) with a new key if missing."""
+    path = Path(key_file)
     if path.exists():
         return path.read_text(encoding="utf-8").strip(), False
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = new_secret()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another gateway process created it first
+        return path.read_text(encoding="utf-8").strip(), False
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")
     return secret, True
@@ -75,7 +82,8 @@ class ConfigKeyAuthenticator:
 
     @classmethod
     def from_config(cls, keys: list[KeyConfig]) -> "ConfigKeyAuthenticator":
-        return cls([(Principal(k.team, f"{k.team}/{k.name}"), resolve_key(k)[0]) for k in keys])
+        return cls([(Principal(team_id=k.team, key_id=f"{k.team}/{k.name}", scopes=frozenset({"inference"}),
+                               allowed_models=None), resolve_key(k)[0]) for k in keys])
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)

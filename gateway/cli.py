@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("file")
     cc.set_defaults(func=_config_check)
     c.add_parser("docs", help="print the configuration reference (docs/CONFIG.md)").set_defaults(func=_config_docs)
+
+    from gateway.admin_cli import register
+
+    register(sub, DEFAULT_CONFIG)  # teams, keys, report
     return parser
 
 

@@ -130,7 +130,7 @@ class CompletionService:
         parsed = parse_request(ChatCompletionRequest if chat else CompletionRequest, body)
         gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
                                 session_id=request.headers.get("x-session-id"))
-        context = RouteContext(principal.team, gen_req.messages, gen_req.prompt, gen_req.session_id)
+        context = RouteContext(principal.team_id, gen_req.messages, gen_req.prompt, gen_req.session_id)
         decision = self.router.decide(parsed.model, context)
         if decision is None:
             raise ModelNotAvailable(f"The model '{parsed.model}' does not exist or you do not have access to it.",

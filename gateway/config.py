@@ -45,6 +45,74 @@ class KeyConfig(Strict):
         return self
 
 
+class StoreConfig(Strict):
+    url: str | None = Field(
+        "sqlite:///var/muxgate.db",
+        description="Where teams, keys, budgets and the usage ledger live: `sqlite:///relative.db`, "
+        "`sqlite:////abs.db` (one machine) or `redis://host:port/db[?prefix=mg:]` (shared by many gateways). "
+        "null runs without tenancy: only the config's keys, no budgets, ledger, admin or report endpoints.")
+    auth_cache_ttl_s: float = Field(
+        0.5, ge=0, le=0.5, description="How long a key lookup is cached per process; bounds how late a "
+        "revocation is seen (admission re-checks revocation atomically anyway).")
+    reservation_ttl_s: float = Field(
+        600.0, gt=0, description="A reservation never settled (a crashed gateway) is released after this long; "
+        "keep it above the longest request.")
+    ledger_buffer_max: int = Field(
+        10_000, ge=1, description="Usage records held in memory while the store is unavailable; beyond it "
+        "the oldest are dropped (and counted in /metrics).")
+    pepper_env: str = Field(
+        "MUXGATE_KEY_PEPPER", description="Environment variable with an optional secret mixed into key hashes "
+        "(HMAC); changing it invalidates every stored key.")
+
+
+class AdminConfig(Strict):
+    key: str | None = Field(None, description="The admin key itself (tests and demos; prefer key_env or key_file).")
+    key_env: str | None = Field(
+        "MUXGATE_ADMIN_KEY", description="Environment variable holding the admin key; wins over key and key_file when set.")
+    key_file: str | None = Field(
+        None, description="File holding the admin key; created with a random key on first start if missing.")
+
+
+class PriceConfig(Strict):
+    model: str = Field(description="Model name, as in `models[].name` (or an upstream model).", min_length=1)
+    input_per_1m_usd: float = Field(0.0, ge=0, description="Dollars per 1M prompt tokens.")
+    output_per_1m_usd: float = Field(0.0, ge=0, description="Dollars per 1M completion tokens.")
+    gpu_second_usd: float = Field(
+        0.0, ge=0, description="Dollars per GPU-second attributed to a request (self-hosted models: the "
+        "request's share of its replica's busy time); added to the token price.")
+    reserve_gpu_seconds_per_token: float = Field(
+        0.01, ge=0, description="GPU-seconds per token reserved at admission when gpu_second_usd is set; a "
+        "request is never charged more than it reserved, so set this above the slowest observed rate.")
+
+
+class PricingConfig(Strict):
+    models: list[PriceConfig] = Field(default_factory=list, description="Prices per model; an unlisted model costs $0.")
+    baseline_model: str | None = Field(
+        None, description="Model whose prices give each record's baseline_cost (what routing saved against); "
+        "default: the model with the highest token prices (input + output).")
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [p.model for p in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"one price per model; repeated: {', '.join(dupes)}")
+        if self.baseline_model is not None and self.baseline_model not in names:
+            raise ValueError(f"baseline_model {self.baseline_model!r} has no price in pricing.models")
+        return self
+
+
+class TeamConfig(Strict):
+    id: str = Field(description="Team id (what `keys[].team` names).", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str | None = Field(None, description="Display name (default: the id).")
+    budget_usd: float | None = Field(None, ge=0, description="Budget per period in dollars; null: unlimited.")
+    budget_period: Literal["daily", "monthly", "total"] = Field("monthly", description="When the budget resets (UTC).")
+    rpm_limit: int | None = Field(None, ge=1, description="Requests per minute across all gateways; null: unlimited.")
+    tpm_limit: int | None = Field(
+        None, ge=1, description="Tokens per minute (worst case at admission, refunded to actual); null: unlimited.")
+    allowed_models: list[str] = Field(default_factory=list, description="Models the team may use; empty: all.")
+
+
 class ZooConfig(Strict):
     dir: str = Field("var/zoo", description="Where demo zoo checkpoints are written and read.")
     build_on_start: bool = Field(True, description="Build missing zoo models when `muxgate serve` starts.")
@@ -90,7 +158,15 @@ class PoolConfig(Strict):
 class MuxgateConfig(Strict):
     version: Literal[1] = Field(description="Schema version of this file.")
     server: ServerConfig = Field(default_factory=ServerConfig, description="The HTTP gateway.")
-    keys: list[KeyConfig] = Field(default_factory=list, description="API keys accepted by the gateway.")
+    keys: list[KeyConfig] = Field(
+        default_factory=list, description="API keys declared in YAML; imported into the store at start-up under "
+        "their team (created if missing).")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Teams, keys, budgets and the usage ledger.")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin key of the admin and report API.")
+    teams: list[TeamConfig] = Field(
+        default_factory=list, description="Teams created at start-up when missing; the fields given here are "
+        "(re)applied at every start, the others are left to the admin API.")
+    pricing: PricingConfig = Field(default_factory=PricingConfig, description="The cost model.")
     zoo: ZooConfig = Field(default_factory=ZooConfig, description="The offline demo model zoo.")
     models: list[ModelConfig] = Field(min_length=1, description="Models the pool serves.")
     pool: PoolConfig = Field(default_factory=PoolConfig, description="The model pool.")
@@ -104,6 +180,10 @@ class MuxgateConfig(Strict):
             raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
         if self.routing.default_model not in names:
             raise ValueError(f"routing.default_model {self.routing.default_model!r} is not one of the models")
+        teams = [t.id for t in self.teams]
+        dupes = sorted({t for t in teams if teams.count(t) > 1})
+        if dupes:
+            raise ValueError(f"team ids must be unique; repeated: {', '.join(dupes)}")
         return self
 
     def model_path(self, model: ModelConfig) -> str:

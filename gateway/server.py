@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 import uvicorn
@@ -12,6 +13,7 @@ from gateway.app import create_app
 from gateway.auth import resolve_key
 from gateway.backends import Backend, InProcessBackend, RayServeBackend
 from gateway.config import MuxgateConfig
+from gateway.tenancy import resolve_admin_key
 from workers.types import ModelSpec
 
 log = logging.getLogger("muxgate.server")
@@ -66,6 +68,13 @@ def announce(config: MuxgateConfig, host: str, port: int) -> None:
     for key in config.keys:
         if key.key_file:  # local demo keys live in a file the operator owns; show them once here
             print(f"demo key for team '{key.team}': {resolve_key(key)[0]}  (from {key.key_file})", flush=True)
+    if config.store.url:
+        print(f"usage store: {config.store.url}; reports at http://{host}:{port}/reports", flush=True)
+        admin = config.admin
+        if admin.key_env and os.environ.get(admin.key_env):
+            print(f"admin key: from ${admin.key_env}", flush=True)
+        elif admin.key_file and not admin.key:  # never print the admin secret itself
+            print(f"admin key: in {admin.key_file}", flush=True)
 
 
 def serve(config: MuxgateConfig, host: str | None = None, port: int | None = None, use_ray: bool = True,
@@ -74,6 +83,7 @@ def serve(config: MuxgateConfig, host: str | None = None, port: int | None = Non
     port = config.server.port if port is None else port
     for key in config.keys:
         resolve_key(key)  # fail early on a missing env var; create demo key files
+    resolve_admin_key(config.admin)  # fail early on a short admin key; create its file
     ensure_zoo(config)
     backend = make_backend(config, use_ray, ray_address)
     app = create_app(config, backend)

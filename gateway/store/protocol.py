@@ -84,7 +84,7 @@ class Store(Protocol):
         """Store a key whose secret was chosen elsewhere (a key declared in YAML), so it gets the
         same lookup, budgets and limits as created keys. Idempotent: if this secret is already
         stored for the team, the stored record is returned unchanged (a revoked key stays
-        revoked). Secrets of >= 32 characters only. Conflict if stored for another team."""
+        revoked). Secrets of >= 20 characters only. Conflict if stored for another team."""
         ...
 
     async def get_key(self, key_id: str) -> ApiKey | None:

@@ -178,7 +178,7 @@ class UsageRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal("0")
-    baseline_cost_usd: Decimal = Decimal("0")  # what the requested model would have cost
+    baseline_cost_usd: Decimal = Decimal("0")  # the same tokens on the baseline (largest) model
     gpu_seconds: float = 0.0
     latency_ms: float | None = None
     ttft_ms: float | None = None
@@ -239,7 +239,7 @@ class UsageRow:
 
     @property
     def savings_usd(self) -> Decimal:
-        """What routing saved against always using the requested model."""
+        """What routing saved against sending every request to the baseline model."""
         return self.baseline_cost_usd - self.cost_usd
 
 

@@ -1,0 +1,135 @@
+"""Admission against the store: reserve the worst case before dispatch, settle the actual cost
+after the request ends (completed, failed or abandoned), one usage record per admitted request.
+
+Implements the Admission seam of gateway/completions.py. The reservation is one atomic store
+operation (team and key budgets, RPM and TPM together, across every gateway sharing the store);
+settlement goes through the LedgerBuffer so a briefly unavailable store loses no record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.costs import CostModel, WorstCase
+from gateway.errors import Forbidden, RateLimited, Unauthorized
+from gateway.estimate import prompt_token_bound
+from gateway.store import Denial, LedgerBuffer, Principal, Reservation, Store, UsageRecord
+from gateway.store import errors as store_errors
+from gateway.store.records import (
+    KEY_BUDGET,
+    KEY_REVOKED,
+    MODEL_NOT_ALLOWED,
+    TEAM_BUDGET,
+)
+from gateway.tenancy_errors import BudgetExceeded, mapped_store_errors
+from gateway.tenancy_metrics import TenancyMetrics
+from policies.decision import RoutingDecision
+from workers.types import GenerationRequest
+
+log = logging.getLogger("muxgate.admission")
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What admission hands the request path: the reservation and when the request began."""
+
+    reservation: Reservation
+    worst: WorstCase
+    started_wall: float  # epoch seconds of the request's arrival (the ledger's time)
+
+
+def denial_error(denial: Denial, worst: WorstCase | None, model: str):
+    """The client-facing error of a refused reservation; the message names the limit."""
+    headers = {"x-muxgate-limit": denial.limit}
+    if denial.limit in (TEAM_BUDGET, KEY_BUDGET):
+        cost = f"; this request could cost up to ${worst.cost_usd}" if worst else ""
+        return BudgetExceeded(f"Budget exceeded ({denial.limit}): {denial.detail}{cost}.",
+                              retry_after=denial.retry_after_s, headers=headers)
+    if denial.limit == MODEL_NOT_ALLOWED:
+        return Forbidden(f"Model not allowed ({denial.limit}): {denial.detail} '{model}'.", param="model",
+                         code="model_not_allowed", headers=headers)
+    if denial.limit == KEY_REVOKED:
+        return Unauthorized(f"Key rejected ({denial.limit}): {denial.detail}.", headers=headers)
+    never = " (this request alone exceeds it)" if denial.retry_after_s is None else ""
+    tokens = f"; up to {worst.tokens} tokens were requested" if worst else ""
+    return RateLimited(f"Rate limit reached ({denial.limit}): {denial.detail}{never}{tokens}.",
+                       retry_after=denial.retry_after_s, headers=headers)
+
+
+class StoreAdmission:
+    """Budgets and rate limits from the store; the usage ledger written at settlement."""
+
+    def __init__(self, store: Store, buffer: LedgerBuffer, costs: CostModel,
+                 context_length: Callable[[str], Awaitable[int | None]], metrics: TenancyMetrics):
+        self.store = store
+        self.buffer = buffer
+        self.costs = costs
+        self.context_length = context_length
+        self.metrics = metrics
+
+    async def admit(self, principal: Principal, decision: RoutingDecision, req: GenerationRequest) -> Ticket:
+        """Reserve the worst case of ``req`` on the routed model (and any fallback), or refuse."""
+        candidates = [decision.model, *decision.fallbacks]
+        for model in candidates:
+            # The store checks the routed model atomically; fallbacks are checked here, since a
+            # fallback the key may not use must not be reachable through routing either.
+            if not principal.allows_model(model):
+                self.metrics.denials.labels(MODEL_NOT_ALLOWED).inc()
+                raise denial_error(Denial.of(MODEL_NOT_ALLOWED), None, model)
+        contexts = {m: await self.context_length(m) for m in candidates}
+        worst = self.costs.worst_case_any(candidates, prompt_token_bound(req), req.max_tokens, contexts.get)
+        started_wall = time.time()
+        with mapped_store_errors():
+            try:
+                result = await self.store.reserve(principal, decision.model, worst.cost_usd, worst.tokens,
+                                                  request_id=req.request_id)
+            except store_errors.NotFound:  # the key or team was deleted after the cached lookup
+                raise Unauthorized("The API key or its team no longer exists.") from None
+        if isinstance(result, Denial):
+            self.metrics.denials.labels(result.limit).inc()
+            raise denial_error(result, worst, decision.model)
+        return Ticket(result, worst, started_wall)
+
+    async def settle(self, ticket: Ticket | None, trace) -> None:
+        """Charge the actual cost (never above the reservation) and write the usage record."""
+        if ticket is None:
+            return
+        record = usage_record(ticket, trace, self.costs)
+        try:
+            outcome = await self.buffer.settle(ticket.reservation, record)
+        except Exception:
+            self.metrics.settlements.labels("failed").inc()
+            log.exception("could not settle request %s", record.request_id)
+            return
+        self.metrics.settlements.labels({True: "settled", False: "duplicate", None: "buffered"}[outcome]).inc()
+        self.metrics.cost.labels(record.team_id, record.routed_model).inc(float(record.cost_usd))
+
+
+def usage_record(ticket: Ticket, trace, costs: CostModel) -> UsageRecord:
+    """The ledger entry of a finished request (a completions.RequestTrace)."""
+    reservation = ticket.reservation
+    model = trace.decision.model
+    p, c, gpu = trace.prompt_tokens, trace.completion_tokens, trace.gpu_seconds
+    cost = min(costs.cost(model, p, c, gpu), reservation.cost_usd)
+    finished = trace.finished_at if trace.finished_at is not None else time.perf_counter()
+    return UsageRecord(
+        request_id=reservation.id,
+        time=ticket.started_wall,
+        team_id=reservation.team_id,
+        key_id=reservation.key_id,
+        requested_model=trace.requested_model,
+        routed_model=model,
+        route_reason=trace.decision.reason,
+        route_score=trace.decision.score,
+        prompt_tokens=p,
+        completion_tokens=c,
+        cost_usd=cost,
+        baseline_cost_usd=costs.baseline_cost(model, p, c, gpu),
+        gpu_seconds=gpu,
+        latency_ms=round((finished - trace.started) * 1000, 3),
+        ttft_ms=None if trace.first_token_at is None else round((trace.first_token_at - trace.started) * 1000, 3),
+        status=trace.status,
+    )

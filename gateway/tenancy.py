@@ -1,0 +1,121 @@
+"""Tenancy wired together: the store, the ledger buffer, key lookup, admission, the cost model,
+and the start-up bootstrap that brings the YAML's teams and keys into the store.
+
+One object per gateway process, built by gateway/app.py when `store.url` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry
+
+from gateway.admission import StoreAdmission
+from gateway.auth import read_or_create_secret, resolve_key
+from gateway.callers import AdminKey, StoreAuthenticator
+from gateway.config import AdminConfig, ConfigError, MuxgateConfig, TeamConfig
+from gateway.costs import CostModel
+from gateway.store import Conflict, InvalidInput, LedgerBuffer, Store, StoreError, open_store
+from gateway.tenancy_metrics import TenancyMetrics
+from gateway.tenancy_ops import TenancyOps
+
+log = logging.getLogger("muxgate.tenancy")
+
+MIN_ADMIN_KEY_LENGTH = 16
+
+
+def resolve_admin_key(cfg: AdminConfig) -> str | None:
+    """The admin key: the environment variable when set, else `key`, else `key_file` (created
+    with a random key if missing). None: the admin API is closed to everyone."""
+    secret = None
+    if cfg.key_env and os.environ.get(cfg.key_env):
+        secret = os.environ[cfg.key_env].strip()
+    elif cfg.key:
+        secret = cfg.key
+    elif cfg.key_file:
+        secret = read_or_create_secret(cfg.key_file)[0]
+    if secret is not None and len(secret) < MIN_ADMIN_KEY_LENGTH:
+        raise ConfigError(f"admin: the admin key must be at least {MIN_ADMIN_KEY_LENGTH} characters")
+    return secret
+
+
+def open_configured_store(config: MuxgateConfig) -> Store:
+    """The store `store.url` names (the CLI and the gateway open it the same way)."""
+    if not config.store.url:
+        raise ConfigError("store.url is null: tenancy (teams, keys, budgets, reports) is disabled")
+    try:
+        return open_store(config.store.url, pepper=os.environ.get(config.store.pepper_env) or None,
+                          reservation_ttl_s=config.store.reservation_ttl_s)
+    except InvalidInput as exc:
+        raise ConfigError(f"store.url: {exc}") from None
+
+
+class Tenancy:
+    """Everything tenancy needs in one gateway process."""
+
+    def __init__(self, config: MuxgateConfig, registry: CollectorRegistry,
+                 context_length: Callable[[str], Awaitable[int | None]], store: Store | None = None):
+        self.config = config
+        self.store = store if store is not None else open_configured_store(config)
+        self.admin_key = AdminKey(resolve_admin_key(config.admin))
+        self.buffer = LedgerBuffer(self.store, max_pending=config.store.ledger_buffer_max)
+        self.costs = CostModel.from_config(config.pricing)
+        self.metrics = TenancyMetrics(registry)
+        self.metrics.watch(self.buffer)
+        self.authenticator = StoreAuthenticator(self.store, self.admin_key, ttl_s=config.store.auth_cache_ttl_s)
+        self.admission = StoreAdmission(self.store, self.buffer, self.costs, context_length, self.metrics)
+        self.ops = TenancyOps(self.store)
+
+    async def start(self) -> None:
+        """Reach the store and bring the YAML's teams and keys into it; raises if it cannot."""
+        try:
+            await self.store.ping()
+            await bootstrap(self.store, self.config)
+        except StoreError as exc:
+            raise ConfigError(f"store {self.config.store.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Write buffered usage records (bounded wait), then release the store."""
+        lost = await self.buffer.aclose()
+        if lost:
+            log.error("%d usage records could not be written before shutdown", lost)
+        await self.store.close()
+
+
+async def _ensure_team(store: Store, team: TeamConfig | None, team_id: str) -> None:
+    """Create the team when missing; re-apply the fields the YAML sets explicitly."""
+    explicit = {} if team is None else {
+        name: getattr(team, name) for name in team.model_fields_set
+        if name in ("name", "budget_usd", "budget_period", "rpm_limit", "tpm_limit", "allowed_models")}
+    if await store.get_team(team_id) is None:
+        fields = dict(budget_usd=None, budget_period="monthly", rpm_limit=None, tpm_limit=None, allowed_models=())
+        fields.update({k: v for k, v in explicit.items() if k != "name"})
+        try:
+            await store.create_team(explicit.get("name") or team_id, team_id=team_id, **fields)
+            return
+        except Conflict:  # another gateway created it at the same moment
+            pass
+    if explicit:
+        if explicit.get("name") is None:
+            explicit.pop("name", None)
+        await store.update_team(team_id, **explicit)
+
+
+async def bootstrap(store: Store, config: MuxgateConfig) -> None:
+    """Create or update the YAML's teams and import its keys (idempotent; safe to run from many
+    gateways at once). A key stays revoked once revoked through the admin API."""
+    declared = {t.id: t for t in config.teams}
+    for team in config.teams:
+        await _ensure_team(store, team, team.id)
+    for key in config.keys:
+        where = f"keys: {key.team}/{key.name}"
+        try:
+            if key.team not in declared:
+                await _ensure_team(store, None, key.team)
+            await store.import_key(key.team, resolve_key(key)[0], name=key.name)
+        except InvalidInput as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        except Conflict:
+            raise ConfigError(f"{where}: this key is already stored for another team") from None
