@@ -70,6 +70,21 @@ class RequestTrace:
         self.replica = chunk.replica or self.replica
 
 
+class SettlingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that always runs `on_close` when it is done, even when Starlette
+    never started its body iterator (a client that disconnected before the first byte)."""
+
+    def __init__(self, content, on_close: Callable[[], Awaitable[None]], **kwargs):
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
 class Admission(Protocol):
     """Budget and rate-limit checks before dispatch, and settlement after the request ends."""
 
@@ -144,8 +159,9 @@ class CompletionService:
         if parsed.stream:
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             events = self._events(first, stream, builder, trace, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={**headers, "cache-control": "no-cache"})
+            return SettlingStreamingResponse(events, on_close=lambda: self._abandoned(trace, stream),
+                                             media_type="text/event-stream",
+                                             headers={**headers, "cache-control": "no-cache"})
         return await self._collect(request, first, stream, builder, trace, headers)
 
     async def _dispatch(self, trace: RequestTrace, gen_req) -> tuple[AsyncIterator[GenerationChunk], GenerationChunk]:
@@ -241,7 +257,17 @@ class CompletionService:
                 trace.status = "client_disconnect"
             self._finish(trace, error)
 
+    async def _abandoned(self, trace: RequestTrace, stream) -> None:
+        """The response is over; if its events never ran (the client left before the first
+        byte), the request still ends here: backend closed, usage settled."""
+        if trace.finished_at is None:
+            trace.status = "client_disconnect"
+            await stream.aclose()
+            self._finish(trace, None)
+
     def _finish(self, trace: RequestTrace, error: BaseException | None) -> None:
+        if trace.finished_at is not None:  # exactly once, whichever path ends the request
+            return
         trace.finished_at = time.perf_counter()
         if error is not None:
             status, body, _ = describe(error, trace.request_id)

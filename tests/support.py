@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ TEST_ZOO = Path(os.environ.get("MUXGATE_TEST_ZOO", REPO / "var" / "test-zoo"))
 TEST_MODELS = ["mux-2m", "mux-5m"]
 KEY_ALPHA = "mg-test-alpha-0123456789abcdef"
 KEY_BETA = "mg-test-beta-0123456789abcdef"
+ADMIN_KEY = "mg-test-admin-0123456789abcdef"
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -29,6 +31,9 @@ def make_config(zoo_dir: Path, **overrides) -> dict:
         "models": [{"name": n, "zoo": True} for n in TEST_MODELS],
         "pool": {"backend": "inprocess", "torch_threads": 1},
         "routing": {"default_model": "mux-2m"},
+        # each config its own SQLite file: tests never share budgets or ledgers by accident
+        "store": {"url": f"sqlite:///{tempfile.mkdtemp(prefix='mg-test-')}/muxgate.db"},
+        "admin": {"key": ADMIN_KEY},
     }
     for key, value in overrides.items():
         config[key] = value
