@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -21,6 +22,8 @@ from gateway.completions import CompletionService
 from gateway.config import MuxgateConfig
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_response
 from gateway.metrics import GatewayMetrics
+from gateway.openapi import openapi_document
+from gateway.pool_metrics import PoolMetricsCollector, poll_pool_stats
 from gateway.store import Store
 from gateway.tenancy import Tenancy, resolve_admin_key
 from policies.router import AUTO, Router
@@ -76,6 +79,8 @@ class Gateway:
                                              self.metrics, config.server,
                                              admission=self.tenancy.admission if self.tenancy else None)
         self.created = int(time.time())
+        self.pool_metrics = PoolMetricsCollector()
+        self.metrics.registry.register(self.pool_metrics)
 
     async def refresh_models(self) -> None:
         self.model_infos = {m.name: m for m in await self.backend.models()}
@@ -138,6 +143,10 @@ async def healthz(gw: Gateway, request: Request) -> Response:
     return JSONResponse({"status": "ok", "models": len(gw.config.models)})
 
 
+async def openapi(gw: Gateway, request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
 async def metrics(gw: Gateway, request: Request) -> Response:
     return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
 
@@ -163,7 +172,9 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
             await gateway.refresh_models()
         except Exception:
             log.exception("could not list the pool's models at start-up; will retry on /v1/models")
+        poller = asyncio.create_task(poll_pool_stats(backend, gateway.pool_metrics))
         yield
+        poller.cancel()
         await gateway.completions.drain()
         if gateway.tenancy is not None:
             await gateway.tenancy.close()
@@ -175,6 +186,7 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
         Route("/v1/models", _endpoint(list_models), methods=["GET"]),
         Route("/healthz", _endpoint(healthz), methods=["GET"]),
         Route("/metrics", _endpoint(metrics), methods=["GET"]),
+        Route("/openapi.json", _endpoint(openapi), methods=["GET"]),
         *admin.routes(_endpoint),
         *report_routes.routes(_endpoint),
     ]

@@ -118,16 +118,28 @@ class ZooConfig(Strict):
     build_on_start: bool = Field(True, description="Build missing zoo models when `muxgate serve` starts.")
 
 
+class UpstreamConfig(Strict):
+    base_url: str = Field(description="OpenAI-compatible API root, e.g. https://api.example.com/v1 or a vLLM server's /v1.")
+    model: str = Field(description="The model's name at the upstream.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the upstream's API key.")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout towards the upstream.")
+    context_length: int = Field(128_000, ge=1, description="The upstream model's context, for admission's worst case.")
+
+
 class ModelConfig(Strict):
     name: str = Field(description="Name clients use in the `model` field.", min_length=1, max_length=128)
     zoo: bool = Field(False, description="A demo zoo model: its checkpoint is `<zoo.dir>/<name>`, built offline.")
     path: str | None = Field(None, description="Hugging Face checkpoint directory (config.json + safetensors).")
+    upstream: UpstreamConfig | None = Field(
+        None, description="Serve this model from a remote OpenAI-compatible API instead of the pool.")
     dtype: str | None = Field(None, description="torch dtype to load in; default float32 on CPU, bfloat16 on GPU.")
+    quantization: Literal["int8"] | None = Field(
+        None, description="`int8`: weight-only int8 linear layers (about half the bytes of bf16 to hold and to swap).")
 
     @model_validator(mode="after")
     def _where(self):
-        if self.zoo == bool(self.path):
-            raise ValueError("set either `zoo: true` or `path`, not both or neither")
+        if sum([self.zoo, bool(self.path), self.upstream is not None]) != 1:
+            raise ValueError("set exactly one of `zoo: true`, `path` or `upstream`")
         if self.name == "auto":
             raise ValueError("`auto` is reserved for routing")
         return self
@@ -186,8 +198,12 @@ class MuxgateConfig(Strict):
             raise ValueError(f"team ids must be unique; repeated: {', '.join(dupes)}")
         return self
 
-    def model_path(self, model: ModelConfig) -> str:
+    def model_path(self, model: ModelConfig) -> str | None:
         return str(Path(self.zoo.dir) / model.name) if model.zoo else model.path
+
+    def pool_models(self) -> list[ModelConfig]:
+        """The models the pool serves (not remote upstreams)."""
+        return [m for m in self.models if m.upstream is None]
 
 
 def _key_path(loc: tuple) -> str:

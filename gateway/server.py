@@ -20,7 +20,19 @@ log = logging.getLogger("muxgate.server")
 
 
 def model_specs(config: MuxgateConfig) -> list[ModelSpec]:
-    return [ModelSpec(m.name, config.model_path(m), m.dtype) for m in config.models]
+    return [ModelSpec(m.name, config.model_path(m), m.dtype, m.quantization) for m in config.pool_models()]
+
+
+def upstream_backends(config: MuxgateConfig) -> dict:
+    from gateway.upstream import UpstreamBackend
+
+    out = {}
+    for m in config.models:
+        if m.upstream is not None:
+            key = os.environ.get(m.upstream.api_key_env) if m.upstream.api_key_env else None
+            out[m.name] = UpstreamBackend(m.name, m.upstream.base_url, m.upstream.model, api_key=key,
+                                          timeout_s=m.upstream.timeout_s, context_length=m.upstream.context_length)
+    return out
 
 
 def ensure_zoo(config: MuxgateConfig, progress: bool = True) -> None:
@@ -46,8 +58,17 @@ def pool_options(config: MuxgateConfig) -> dict:
 
 
 def make_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | None = None) -> Backend:
+    """The pool (Ray Serve or in-process) plus any remote upstreams, behind one Backend."""
+    from gateway.upstream import RoutedBackends
+
+    return RoutedBackends(make_pool_backend(config, use_ray, ray_address), upstream_backends(config))
+
+
+def make_pool_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | None = None) -> Backend | None:
     pool = config.pool
     specs = model_specs(config)
+    if not specs:
+        return None  # a gateway for remote upstreams only: no pool, no Ray
     options = pool_options(config)
     if not use_ray:
         return InProcessBackend(specs, **options)

@@ -194,7 +194,7 @@ def test_client_disconnect_mid_stream_frees_the_engine_slot(gateway):
     received = b""
     while received.count(b"data:") < 3:
         received += sock.recv(4096)
-    pool = gateway.backend.pool
+    pool = gateway.backend.default.pool
     assert pool.stats()["in_flight"].get("mux-5m") == 1
     sock.close()
     engine = pool._resident["mux-5m"].engine

@@ -52,3 +52,31 @@ def test_routed_backends_send_each_model_to_its_backend(upstream):
     assert chunks[-1].completion_tokens == 1
     assert [m.name for m in asyncio.run(RoutedBackends(None, {"remote": UpstreamBackend(
         "remote", upstream.base_url + "/v1", "fake")}).models())] == ["remote"]
+
+
+def test_an_upstream_model_is_served_through_the_gateway(upstream, zoo_dir, start_server):
+    import openai
+
+    from support import KEY_ALPHA, make_config
+
+    config = make_config(zoo_dir)
+    config["models"] = config["models"] + [{"name": "remote", "upstream": {"base_url": upstream.base_url + "/v1",
+                                                                            "model": "fake"}}]
+    server = start_server(config)
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY_ALPHA, max_retries=0)
+    out = client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert out.choices[0].message.content == "Hello from the"
+    assert out.usage.completion_tokens == 3 and out.usage.prompt_tokens == 12
+    chunks = list(client.chat.completions.create(model="remote", messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=2, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens == 2
+    assert "remote" in {m.id for m in client.models.list()}
+
+
+def test_openapi_document_is_published(gateway):
+    import httpx
+
+    doc = httpx.get(gateway.base_url + "/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert "/v1/chat/completions" in doc["paths"]
+    assert "messages" in doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
