@@ -49,7 +49,9 @@ def _config_docs(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="muxgate", description="One OpenAI-compatible endpoint for many models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (one line per request)")
+    parser.add_argument("--log-format", choices=["json", "text"], default="json",
+                        help="structured JSON lines (default) or plain text")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the gateway and the model pool")
@@ -83,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.logs import configure_logging
+
+    configure_logging(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     try:
         args.func(args)
     except ConfigError as exc:

@@ -59,6 +59,7 @@ class RequestTrace:
     error_code: str | None = None
     replica: str | None = None
     ticket: object = None  # what admission reserved; settled when the request ends
+    backend_seconds: float = 0.0  # time spent waiting on the backend (the rest is the gateway's overhead)
     extra: dict = field(default_factory=dict)
 
     def observe(self, chunk: GenerationChunk) -> None:
@@ -135,7 +136,7 @@ class CompletionService:
         self.metrics = metrics
         self.server = server
         self.admission = admission or OpenAdmission()
-        self.hooks: list[Callable[[RequestTrace], object]] = [self._record_metrics, self._settle]
+        self.hooks: list[Callable[[RequestTrace], object]] = [self._record_metrics, self._log, self._settle]
         self._pending: set[asyncio.Task] = set()
 
     async def handle(self, request: Request, chat: bool) -> Response:
@@ -156,7 +157,8 @@ class CompletionService:
         stream, first = await self._dispatch(trace, gen_req)
         builder = ResponseBuilder(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, trace.decision.model)
         headers = trace.decision.headers()
-        if parsed.stream:
+        if parsed.stream:  # overhead until the headers leave: everything but the wait for the first token
+            headers["x-muxgate-overhead-ms"] = self._overhead_ms(trace)
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             events = self._events(first, stream, builder, trace, include_usage)
             return SettlingStreamingResponse(events, on_close=lambda: self._abandoned(trace, stream),
@@ -171,6 +173,7 @@ class CompletionService:
             if attempt:
                 trace.decision = replace(trace.decision, model=model, reason=f"{trace.decision.reason}+fallback")
             stream = _guarded(self.backend.generate(model, gen_req), model, trace.request_id)
+            waited = time.perf_counter()
             try:
                 first = await self._first_chunk(stream, model)
             except BaseException as exc:
@@ -181,6 +184,7 @@ class CompletionService:
                 self._finish(trace, exc)
                 raise
             trace.observe(first)
+            trace.backend_seconds += time.perf_counter() - waited
             return stream, first
         raise AssertionError("unreachable")
 
@@ -202,10 +206,14 @@ class CompletionService:
 
         async def drain():
             nonlocal last
-            async for chunk in stream:
-                trace.observe(chunk)
-                parts.append(chunk.text)
-                last = chunk
+            started = time.perf_counter()
+            try:
+                async for chunk in stream:
+                    trace.observe(chunk)
+                    parts.append(chunk.text)
+                    last = chunk
+            finally:
+                trace.backend_seconds += time.perf_counter() - started
 
         try:
             if first.finish_reason is None:
@@ -224,6 +232,7 @@ class CompletionService:
             raise
         finally:
             await stream.aclose()
+        headers["x-muxgate-overhead-ms"] = self._overhead_ms(trace)
         self._finish(trace, None)
         return JSONResponse(builder.full("".join(parts), last), headers=headers)
 
@@ -256,6 +265,12 @@ class CompletionService:
             if not done and error is None:
                 trace.status = "client_disconnect"
             self._finish(trace, error)
+
+    @staticmethod
+    def _overhead_ms(trace: RequestTrace) -> str:
+        ms = max(0.0, (time.perf_counter() - trace.started - trace.backend_seconds) * 1000)
+        trace.extra["overhead_ms"] = round(ms, 3)
+        return f"{ms:.3f}"
 
     async def _abandoned(self, trace: RequestTrace, stream) -> None:
         """The response is over; if its events never ran (the client left before the first
@@ -297,6 +312,17 @@ class CompletionService:
 
     async def _settle(self, trace: RequestTrace) -> None:
         await self.admission.settle(trace.ticket, trace)
+
+    def _log(self, trace: RequestTrace) -> None:
+        """One line per request; ids and numbers only, never the key or the text."""
+        log.info("request finished", extra={
+            "request_id": trace.request_id, "endpoint": trace.endpoint, "team": trace.principal.team_id,
+            "key_id": trace.principal.key_id, "requested_model": trace.requested_model, "model": trace.decision.model,
+            "route": trace.decision.reason, "status": trace.status, "error": trace.error_code,
+            "prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
+            "latency_ms": round((trace.finished_at - trace.started) * 1000, 2),
+            "ttft_ms": round((trace.first_token_at - trace.started) * 1000, 2) if trace.first_token_at else None,
+            "overhead_ms": trace.extra.get("overhead_ms")})
 
     def _record_metrics(self, trace: RequestTrace) -> None:
         m, model, route = self.metrics, trace.decision.model, trace.decision.reason
