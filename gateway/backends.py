@@ -61,8 +61,9 @@ def _unwrap_ray_error(exc: BaseException) -> BaseException:
 class RayServeBackend:
     """The Ray Serve pool application, called through its DeploymentHandle."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, owns_app: bool = True):
         self.handle = handle
+        self.owns_app = owns_app  # False: the cluster runs the pool; leaving must not delete it
         self._stream = handle.options(stream=True)
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
@@ -87,6 +88,11 @@ class RayServeBackend:
         return await replica_stats()
 
     async def close(self) -> None:
-        from workers.serve_app import shutdown_pool
+        if self.owns_app:
+            from workers.serve_app import shutdown_pool
 
-        shutdown_pool()
+            shutdown_pool()
+        else:
+            import ray
+
+            ray.shutdown()

@@ -149,6 +149,10 @@ class PoolConfig(Strict):
     backend: Literal["ray", "inprocess"] = Field(
         "ray", description="`ray`: a Ray Serve application; `inprocess`: models run in the gateway process.")
     ray_address: str | None = Field(None, description="Existing Ray cluster to attach to; none starts a local Ray.")
+    deploy: bool = Field(
+        True, description="true: `muxgate serve` deploys the pool application and deletes it at shutdown (one machine, "
+        "or the one gateway of a `ray up` cluster); false: attach by name to the `pool` application the cluster runs "
+        "(KubeRay RayService, `serve deploy`), never deploying or deleting it; required when several gateways share one pool.")
     replicas: int = Field(1, ge=1, description="Pool replicas (ignored when autoscaling is set).")
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per replica; 0 runs on CPU.")

@@ -72,6 +72,10 @@ def make_pool_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | N
     options = pool_options(config)
     if not use_ray:
         return InProcessBackend(specs, **options)
+    if not pool.deploy:
+        from workers.serve_app import attach_pool
+
+        return RayServeBackend(attach_pool(ray_address or pool.ray_address), owns_app=False)
     from workers.serve_app import PoolOptions, deploy_pool
 
     ray_options = PoolOptions(replicas=pool.replicas, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,

@@ -135,6 +135,16 @@ def deploy_pool(specs: list[ModelSpec], options: PoolOptions, ray_address: str |
     return serve.run(build_pool_app(specs, options), name=APP_NAME, route_prefix=None)
 
 
+def attach_pool(ray_address: str | None = None):
+    """Attach to a pool application the cluster deployed (RayService, `serve deploy`); deploys nothing."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address or "auto", include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False, configure_logging=True)
+    return serve.get_app_handle(APP_NAME)
+
+
 async def replica_stats() -> list[dict]:
     """Every replica's latest pool stats (as posted to the board)."""
     import ray
