@@ -1,9 +1,18 @@
-"""One resident model: a scheduler thread that steps every running sequence, streaming tokens.
+"""One resident model: a scheduler thread that batches every running sequence, streaming tokens.
 
-The step reads as three verbs: schedule (admit waiting sequences, drop cancelled ones), run the
-model (one forward per sequence: its prompt on the first step, its last token after), update
-(sample, detokenize, check stop conditions, emit). Each sequence owns its KV cache, sampling
-generator and text stream, so interleaving never changes what a sequence produces.
+Continuous batching: each step reads as three verbs. Schedule: drop cancelled sequences, admit
+waiting ones into a KV row each (starting from a cached prefix when their prompt extends a
+finished sequence's tokens), and plan the step: prompt chunks to prefill within a token budget,
+plus every decoding sequence. Run: one forward per prefill chunk, then ONE forward for the whole
+batch (rows of a slotted KV cache, each with its own position and mask). Update: sample each
+sequence with its own generator, detokenize, check stops, emit; finished sequences leave (their KV
+filed in the prefix cache). Sequences join and leave at token granularity, and nothing one
+sequence does changes another's tokens.
+
+Why not transformers' own continuous batching (ContinuousBatchingManager / paged attention, as
+of 5.24): it samples inside its compiled forward with the global RNG and one `do_sample` for all
+requests, so per-request seeded generators, nucleus sampling exactly as workers/sampling.py
+does it, and stop strings cannot be honoured.
 """
 
 from __future__ import annotations
@@ -13,51 +22,64 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import torch
 
+from workers.batching import RunningBatch, StepOutput, StepPlan
 from workers.detok import StopTextStream
+from workers.kv_cache import KVShape
+from workers.prefix_cache import PrefixCache
 from workers.sampling import make_generator, sample_next
+from workers.sequence import Sequence
 from workers.types import ContextLengthExceeded, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
 _DONE = object()
 
-
-@dataclass
-class Sequence:
-    req: GenerationRequest
-    prompt_ids: list[int]
-    max_new_tokens: int
-    text: StopTextStream
-    gen: torch.Generator
-    emit: Callable[[object], None]
-    pending: list[int] = field(default_factory=list)  # ids the next forward consumes
-    cache: object = None
-    generated: int = 0
-    gpu_seconds: float = 0.0
-    cancelled: bool = False
-    finished: bool = False
+DEFAULT_PREFIX_CACHE_BYTES = 256 << 20
+DEFAULT_PREFILL_CHUNK_TOKENS = 256
+DEFAULT_IDLE_RELEASE_S = 2.0
 
 
 class Engine:
-    """Generation for one loaded model. Thread-safe `generate`; one scheduler thread."""
+    """Generation for one loaded model. Thread-safe `generate`; one scheduler thread.
 
-    def __init__(self, name: str, model, tokenizer, device: str = "cpu", max_running: int = 64):
+    `prefix_cache_bytes` bounds the KV kept from finished sequences for reuse (0 disables reuse);
+    `prefill_chunk_tokens` bounds the prompt tokens prefilled per step while others are decoding,
+    so a long prompt delays their next token by one chunk, not by the whole prompt;
+    `idle_release_s`: after this long with nothing to run, the KV slots' memory is given back
+    (kept across shorter gaps, such as an agent's turns, to spare reallocating it).
+    """
+
+    def __init__(self, name: str, model, tokenizer, device: str = "cpu", max_running: int = 64, *,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+                 prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
+                 idle_release_s: float = DEFAULT_IDLE_RELEASE_S):
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.max_running = max_running
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.idle_release_s = idle_release_s
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos_ids = _eos_ids(model, tokenizer)
+        self._bos = getattr(model.config, "bos_token_id", None)
+        self._shape = KVShape.of(model)
+        window = getattr(model.config, "sliding_window", None)
+        if window and window < self.context_length:
+            log.warning("engine %s: the model's %d-token sliding window is not applied by the batched "
+                        "engine's masks; sequences longer than it will differ from model.generate", name, window)
+        self._batch = RunningBatch(self._shape, max_running, self.context_length, placeholder_token=self._bos or 0)
+        self._prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []
+        self._running: list[Sequence] = []  # admitted: prefilling or decoding
         self._wake = threading.Condition()
         self._closed = False
         self.busy_seconds = 0.0  # time spent in forward passes, for GPU-second attribution
+        self.prefix_hit_tokens = 0  # prompt tokens whose KV was reused instead of computed
+        self.prefill_tokens = 0  # prompt tokens computed
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -80,6 +102,29 @@ class Engine:
         """Sequences still wanted by someone (cancelled ones leave at the next step)."""
         with self._wake:
             return sum(1 for s in (*self._waiting, *self._running) if not (s.cancelled or s.finished))
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes held for KV: the running batch's slots plus the prefix cache."""
+        return self._batch.cache.nbytes + (self._prefix.nbytes if self._prefix else 0)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV bytes one token of one sequence takes (for sizing budgets)."""
+        return self._shape.bytes_per_token
+
+    def has_prefix(self, session_id: str) -> bool:
+        """Whether this engine still holds the KV of the session's latest finished sequence
+        (so routing the session's next request here skips recomputing its history)."""
+        return self._prefix is not None and self._prefix.has_session(session_id)
+
+    def clear_prefix_cache(self) -> None:
+        if self._prefix is not None:
+            self._prefix.clear()
+
+    def cached_prefix_tokens(self, prompt_ids: list[int]) -> int:
+        """How many leading tokens of this prompt would be reused from the prefix cache."""
+        return 0 if self._prefix is None else min(self._prefix.match_length(prompt_ids), max(0, len(prompt_ids) - 1))
 
     def encode(self, req: GenerationRequest) -> list[int]:
         """Prompt token ids: the chat template for messages, the raw text for a prompt."""
@@ -105,8 +150,10 @@ class Engine:
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream the answer; the last chunk carries finish_reason and exact token counts.
-        Closing the iterator early (client gone) frees the sequence's slot at the next step."""
+        Closing the iterator early (client gone) frees the sequence's slot and KV at the next step."""
         prompt_ids = self.encode(req)
+        if not prompt_ids and self._bos is not None:
+            prompt_ids = [self._bos]  # the model needs at least one token to predict from
         max_new = self.budget(prompt_ids, req)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -118,7 +165,6 @@ class Engine:
                 seq.cancelled = True
 
         seq = Sequence(req, prompt_ids, max_new, StopTextStream(self.tokenizer, req.stop), make_generator(req.seed), emit)
-        seq.pending = list(prompt_ids)
         if max_new == 0:
             yield GenerationChunk("", "length", len(prompt_ids), 0)
             return
@@ -145,49 +191,107 @@ class Engine:
     # ---- scheduler thread -------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
-            batch = self._schedule()
-            if batch is None:
-                return
-            for seq in batch:
-                try:
-                    logits = self._run(seq)
-                    self._update(seq, logits)
-                except Exception as exc:  # one bad sequence must not take the others down
-                    log.exception("engine %s: sequence %s failed", self.name, seq.req.request_id)
-                    seq.finished = True
-                    seq.emit(exc)
+        with torch.inference_mode():
+            while (plan := self._schedule()) is not None:
+                out = self._run(plan)
+                self._update(plan, out)
+        with self._wake:
+            left = [*self._waiting, *self._running]
+            self._waiting.clear()
+            self._running = []
+        for seq in left:
+            if not (seq.finished or seq.cancelled):
+                seq.emit(RuntimeError(f"engine {self.name} closed"))
 
-    def _schedule(self) -> list[Sequence] | None:
+    def _schedule(self) -> StepPlan | None:
+        """Drop what is done, admit what fits, and plan this step's prefill chunks and decode batch."""
         with self._wake:
             while True:
+                for seq in self._running:
+                    if seq.cancelled and not seq.finished:
+                        self._release(seq)
                 self._running = [s for s in self._running if not (s.finished or s.cancelled)]
+                admitted = []
                 while self._waiting and len(self._running) < self.max_running:
                     seq = self._waiting.popleft()
                     if not seq.cancelled:
                         self._running.append(seq)
+                        admitted.append(seq)
                 if self._closed:
                     return None
                 if self._running:
-                    return list(self._running)
-                self._wake.wait()
+                    break
+                if not self._wake.wait(timeout=self.idle_release_s if self._batch.cache.data is not None else None):
+                    self._batch.cache.release()  # idle for a while: give the KV slots back
+        for seq in admitted:
+            self._admit(seq)
+        plan = StepPlan(decode=[s for s in self._running if s.decoding])
+        # nobody waits on a decode token when no one decodes: prefill whole prompts then
+        budget = self.prefill_chunk_tokens if plan.decode else max(self.prefill_chunk_tokens, self.context_length)
+        for seq in self._running:
+            if not seq.decoding and budget > 0:
+                n = min(seq.prompt_left, budget)
+                plan.prefill.append((seq, n))
+                budget -= n
+        return plan
 
-    @torch.inference_mode()
-    def _run(self, seq: Sequence) -> torch.Tensor:
+    def _run(self, plan: StepPlan) -> StepOutput:
+        """The model calls: each prefill chunk, then one forward for every row."""
         started = time.perf_counter()
-        ids = torch.tensor([seq.pending], dtype=torch.long, device=self.device)
-        out = self.model(input_ids=ids, cache=seq.cache, use_cache=True)
-        seq.cache = out.cache
-        logits = out.logits[0, -1]
-        elapsed = time.perf_counter() - started
-        self.busy_seconds += elapsed
-        seq.gpu_seconds += elapsed  # one sequence per forward: all of it is this sequence's
-        return logits
+        out = StepOutput({}, {})
+        for seq, n in plan.prefill:
+            try:
+                logits = self._batch.prefill(self.model, seq, n)
+            except Exception as exc:  # one bad prompt must not take the others down
+                out.failed.append((seq, exc))
+                continue
+            self.prefill_tokens += n
+            if logits is not None:
+                out.prefill_logits[id(seq)] = logits
+        if plan.decode:
+            try:
+                logits = self._batch.decode(self.model)
+                out.decode_logits = {id(s): logits[s.row] for s in plan.decode}
+                if any(s.req.temperature <= 0.0 for s in plan.decode):
+                    greedy = logits.argmax(-1).tolist()  # one call (and one device sync) for every greedy row
+                    out.greedy = {id(s): greedy[s.row] for s in plan.decode if s.req.temperature <= 0.0}
+            except Exception as exc:
+                out.failed.extend((seq, exc) for seq in plan.decode)
+        out.seconds = time.perf_counter() - started
+        self.busy_seconds += out.seconds
+        return out
 
-    def _update(self, seq: Sequence, logits: torch.Tensor) -> None:
-        token = sample_next(logits, seq.req.temperature, seq.req.top_p, seq.gen)
-        seq.generated += 1
-        seq.pending = [token]
+    def _update(self, plan: StepPlan, out: StepOutput) -> None:
+        """Attribute the step's time, sample each sequence's next token, stream it, retire finished ones."""
+        consumed = sum(n for _, n in plan.prefill) + len(plan.decode)
+        for seq, n in plan.prefill:
+            seq.gpu_seconds += out.seconds * n / consumed
+        for seq in plan.decode:
+            seq.gpu_seconds += out.seconds / consumed
+        for seq, exc in out.failed:
+            log.error("engine %s: sequence %s failed", self.name, seq.req.request_id, exc_info=exc)
+            self._release(seq)
+            seq.finished = True
+            seq.emit(exc)
+
+        produced: list[tuple[Sequence, int]] = []
+        for seq in plan.decode:
+            if id(seq) in out.greedy:
+                produced.append((seq, out.greedy[id(seq)]))
+            elif id(seq) in out.decode_logits:
+                produced.append((seq, self._sample(seq, out.decode_logits[id(seq)])))
+        for seq, _ in plan.prefill:
+            if id(seq) in out.prefill_logits:
+                produced.append((seq, self._sample(seq, out.prefill_logits[id(seq)])))
+        for seq, token in produced:  # sampled first, so rows moving as others leave cannot mix them up
+            self._advance(seq, token)
+
+    @staticmethod
+    def _sample(seq: Sequence, logits: torch.Tensor) -> int:
+        return sample_next(logits, seq.req.temperature, seq.req.top_p, seq.gen)
+
+    def _advance(self, seq: Sequence, token: int) -> None:
+        seq.output_ids.append(token)
         finish = None
         if token in self.eos_ids:
             finish, delta = "stop", seq.text.flush()
@@ -202,9 +306,26 @@ class Engine:
                 seq.emit(GenerationChunk(delta, None, len(seq.prompt_ids), seq.generated, gpu_seconds=seq.gpu_seconds))
             return
         seq.finished = True
-        seq.cache = None
+        if self._prefix is not None and seq.row is not None:
+            # filed before the last chunk goes out: whoever sees the end can rely on the reuse
+            self._prefix.insert(seq.kv_tokens(), self._batch.export(seq), seq.req.session_id)
+        self._release(seq)
         seq.emit(GenerationChunk(delta, finish, len(seq.prompt_ids), seq.generated, gpu_seconds=seq.gpu_seconds))
         seq.emit(_DONE)
+
+    def _admit(self, seq: Sequence) -> None:
+        """Give an admitted sequence its KV row, starting from the longest cached prefix of its
+        prompt (at least one prompt token is always computed: its logits give the first token)."""
+        hit, kv = 0, None
+        if self._prefix is not None:
+            hit, kv = self._prefix.lookup(seq.prompt_ids, limit=len(seq.prompt_ids) - 1)
+        self._batch.admit(seq, kv, hit)
+        seq.cached_tokens = hit
+        self.prefix_hit_tokens += hit
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.row is not None:
+            self._batch.leave(seq)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -215,4 +336,3 @@ def _eos_ids(model, tokenizer) -> set[int]:
             continue
         ids.update(value if isinstance(value, (list, tuple)) else [value])
     return ids
-

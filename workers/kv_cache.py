@@ -1,15 +1,16 @@
-"""KV storage for the engine: one sequence's while its prompt is prefilled, then a dense decode batch.
+"""The engine's KV storage: one slotted tensor, a row per admitted sequence.
 
-Both classes speak the one method Hugging Face attention layers call on a cache,
+Layout: `[layers, 2 (k|v), rows, kv_heads, capacity, head_dim]`. A row is a sequence; its first
+`lengths[row]` positions hold valid KV. Keeping every sequence in one contiguous tensor means a
+decode step attends over plain views (no per-step gather of pages), which is what makes batching
+pay on a CPU; a sequence gets its row when admitted and prefills straight into it, so its KV is
+never copied between stores. Rows stay dense: a sequence that leaves is replaced by the last row
+(one copy of that row's valid positions).
+
+Both ways in speak the one method Hugging Face attention layers call on a cache,
 `update(key_states, value_states, layer_idx, ...) -> (keys, values)`, so the stock model forward
 runs on them unchanged; the engine passes explicit position ids and 4-D masks, so nothing else
 of the `Cache` interface is consulted.
-
-Layout: one tensor per store, `[layers, 2 (k|v), rows, kv_heads, capacity, head_dim]`. A row is
-a sequence; its first `length` positions are valid. Keeping every decoding sequence in one
-contiguous tensor means a decode step attends over plain views (no per-step gather), which is
-what makes batching pay on a CPU. Rows stay dense: a sequence that leaves is replaced by the
-last row (one copy of that row's valid positions).
 """
 
 from __future__ import annotations
@@ -43,47 +44,14 @@ class KVShape:
     def bytes_per_token(self) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
 
-    def empty(self, rows: int, capacity: int) -> torch.Tensor:
+    def zeros(self, rows: int, capacity: int) -> torch.Tensor:
         return torch.zeros(self.layers, 2, rows, self.kv_heads, capacity, self.head_dim,
                            dtype=self.dtype, device=self.device)
 
 
-class SequenceKV:
-    """One sequence's KV while its prompt is prefilled, chunk by chunk (batch of one).
-
-    `capacity` is the prompt length, known up front, so it never grows. A reused prefix is copied
-    in with `load_prefix`; `length` counts the positions that hold valid KV.
-    """
-
-    def __init__(self, shape: KVShape, capacity: int):
-        self.data = shape.empty(1, capacity)
-        self.length = 0
-        self._written = 0  # positions the forward in progress has written (per layer, same for all)
-
-    def load_prefix(self, kv: torch.Tensor, n: int) -> None:
-        """Start from the first `n` positions of a cached `[layers, 2, heads, len, dim]` tensor."""
-        self.data[:, :, 0, :, :n] = kv[:, :, :, :n]
-        self.length = n
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        """HF hook: store this chunk's keys/values after the valid ones; return all valid ones."""
-        end = self.length + key_states.shape[2]
-        self.data[layer_idx, 0, :, :, self.length:end] = key_states
-        self.data[layer_idx, 1, :, :, self.length:end] = value_states
-        self._written = end
-        return self.data[layer_idx, 0, :, :, :end], self.data[layer_idx, 1, :, :, :end]
-
-    def commit(self) -> None:
-        """The forward finished: the chunk it wrote is now valid."""
-        self.length = self._written
-
-
 class SlotKVCache:
-    """The decode batch's KV: dense rows `0..rows-1`, each a running sequence, one token per step.
-
-    Capacity (rows and positions) grows on demand up to `max_rows` / `max_len` and is released when
-    the batch empties, so an idle model holds no KV.
-    """
+    """Dense rows `0..rows-1`, one per sequence. Capacity (rows and positions) grows on demand up
+    to `max_rows` / `max_len`; `release` gives it back once no row is left."""
 
     def __init__(self, shape: KVShape, max_rows: int, max_len: int):
         self.shape = shape
@@ -92,8 +60,7 @@ class SlotKVCache:
         self.data: torch.Tensor | None = None
         self.lengths: list[int] = []  # valid positions per row; the row count is len(lengths)
         # set by decode_inputs for the forward that follows: where each row writes, and the width
-        self._positions: torch.Tensor | None = None
-        self._index: torch.Tensor | None = None
+        self._flat_index: torch.Tensor | None = None
         self._width = 0
 
     @property
@@ -104,13 +71,19 @@ class SlotKVCache:
     def nbytes(self) -> int:
         return 0 if self.data is None else self.data.numel() * self.data.element_size()
 
-    def append(self, kv: SequenceKV) -> int:
-        """Add a prefilled sequence as the last row; returns its row index."""
+    # ---- rows ---------------------------------------------------------------------------------
+
+    def add(self, reserve: int) -> int:
+        """A new empty row with room for `reserve` positions; returns its index."""
         row = self.rows
-        self._reserve(row + 1, kv.length + 1)
-        self.data[:, :, row, :, : kv.length] = kv.data[:, :, 0, :, : kv.length]
-        self.lengths.append(kv.length)
+        self._reserve(row + 1, reserve)
+        self.lengths.append(0)
         return row
+
+    def load_prefix(self, row: int, kv: torch.Tensor, n: int) -> None:
+        """Start a row from the first `n` positions of a `[layers, 2, heads, len, dim]` tensor."""
+        self.data[:, :, row, :, :n] = kv[:, :, :, :n]
+        self.lengths[row] = n
 
     def remove(self, row: int) -> int | None:
         """Drop a row, moving the last row into its place. Returns the index the moved row had
@@ -123,13 +96,23 @@ class SlotKVCache:
             self.lengths[row] = n
             moved = last
         self.lengths.pop()
-        if not self.lengths:
-            self.data = None  # idle: give the memory back
         return moved
 
     def export(self, row: int) -> torch.Tensor:
         """A compact copy `[layers, 2, heads, len, dim]` of a row's valid KV (for the prefix cache)."""
         return self.data[:, :, row, :, : self.lengths[row]].clone()
+
+    def release(self) -> None:
+        """Give the storage back (only when no row is left)."""
+        if not self.lengths:
+            self.data = None
+
+    # ---- prefill: one row, a chunk of positions ----------------------------------------------
+
+    def row_view(self, row: int) -> "RowKV":
+        return RowKV(self, row)
+
+    # ---- decode: every row, one position each -----------------------------------------------
 
     def decode_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Position ids `[rows, 1]` and the additive attention mask `[rows, 1, 1, T]` for one decode
@@ -137,38 +120,66 @@ class SlotKVCache:
         width = self._width = max(self.lengths) + 1
         self._reserve(self.rows, width)
         device = self.shape.device
-        self._positions = torch.tensor(self.lengths, device=device)
-        self._index = torch.arange(self.rows, device=device)
-        visible = torch.arange(width, device=device)[None, :] <= self._positions[:, None]
+        positions = torch.tensor(self.lengths, device=device)
+        # row r, head h writes at flat position ((r * heads + h) * capacity + length_r) of a layer's keys
+        heads, capacity = self.shape.kv_heads, self.data.shape[4]
+        base = (torch.arange(self.rows, device=device)[:, None] * heads + torch.arange(heads, device=device)) * capacity
+        self._flat_index = (base + positions[:, None]).flatten()
+        visible = torch.arange(width, device=device)[None, :] <= positions[:, None]
         mask = torch.zeros(visible.shape, dtype=self.shape.dtype, device=device)
         mask.masked_fill_(~visible, torch.finfo(self.shape.dtype).min)
-        return self._positions[:, None], mask[:, None, None, :]
+        return positions[:, None], mask[:, None, None, :]
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """HF hook for a decode step: write each row's new token at its own position, return the
         batch's keys/values up to the widest row (the mask hides each row's unused tail)."""
+        dim = self.shape.head_dim
         keys, values = self.data[layer_idx, 0], self.data[layer_idx, 1]
-        keys[self._index, :, self._positions] = key_states[:, :, 0]
-        values[self._index, :, self._positions] = value_states[:, :, 0]
+        keys.view(-1, dim).index_copy_(0, self._flat_index, key_states.reshape(-1, dim))
+        values.view(-1, dim).index_copy_(0, self._flat_index, value_states.reshape(-1, dim))
         return keys[: self.rows, :, : self._width], values[: self.rows, :, : self._width]
 
-    def commit(self) -> None:
-        """The decode forward finished: every row holds one more valid position."""
-        self.lengths = [n + 1 for n in self.lengths]
+    def commit(self, advanced: list[bool]) -> None:
+        """The decode forward finished: rows that fed a real token hold one more valid position
+        (the others fed a placeholder, which their prefill will overwrite)."""
+        self.lengths = [n + 1 if a else n for n, a in zip(self.lengths, advanced)]
 
     def _reserve(self, rows: int, length: int) -> None:
         have_rows, have_len = (0, 0) if self.data is None else (self.data.shape[2], self.data.shape[4])
         if rows <= have_rows and length <= have_len:
             return
-        new_rows = max(rows, min(self.max_rows, max(4, 2 * have_rows))) if rows > have_rows else have_rows
+        new_rows = max(rows, min(self.max_rows, 2 * have_rows)) if rows > have_rows else have_rows
         new_len = have_len
         if length > have_len:
-            new_len = min(self.max_len, max(_round_up(length, _GROW_TOKENS), 2 * have_len))
-            new_len = max(new_len, length)
-        grown = self.shape.empty(new_rows, new_len)
+            new_len = max(length, min(self.max_len, max(_round_up(length, _GROW_TOKENS), 2 * have_len)))
+        # zeroed, not empty: masked positions are still multiplied (by 0), and garbage may be NaN
+        grown = self.shape.zeros(new_rows, new_len)
         if self.data is not None:
             grown[:, :, :have_rows, :, :have_len] = self.data
         self.data = grown
+
+
+class RowKV:
+    """HF cache adapter for prefilling one row: a chunk's keys/values go after the row's valid
+    ones; attention sees all of them. `commit` makes the chunk valid once the forward is done."""
+
+    def __init__(self, cache: SlotKVCache, row: int):
+        self.cache = cache
+        self.row = row
+        self.start = cache.lengths[row]
+        self.end = self.start
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        data = self.cache.data
+        self.end = self.start + key_states.shape[2]
+        data[layer_idx, 0, self.row, :, self.start : self.end] = key_states[0]
+        data[layer_idx, 1, self.row, :, self.start : self.end] = value_states[0]
+        keys = data[layer_idx, 0, self.row : self.row + 1, :, : self.end]
+        values = data[layer_idx, 1, self.row : self.row + 1, :, : self.end]
+        return keys, values
+
+    def commit(self) -> None:
+        self.cache.lengths[self.row] = self.end
 
 
 def _round_up(n: int, step: int) -> int:

@@ -1,0 +1,95 @@
+"""The running batch and its model calls: chunked prefill of one sequence, one decode forward for all.
+
+Both run the model's own Hugging Face forward on the slotted KV cache (workers/kv_cache.py) with
+explicit position ids and masks, so any decoder that honours those (Llama, Mistral, Qwen …
+without sliding windows) is batched without model-specific code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from workers.kv_cache import KVShape, SlotKVCache
+from workers.sequence import Sequence
+
+
+@dataclass
+class StepPlan:
+    """What one engine step runs: prompt chunks to prefill, and the sequences to decode."""
+
+    prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
+    decode: list[Sequence] = field(default_factory=list)
+
+
+@dataclass
+class StepOutput:
+    prefill_logits: dict[int, torch.Tensor]  # id(sequence) -> logits after its prompt's last token
+    decode_logits: dict[int, torch.Tensor]  # id(sequence) -> logits for its next token
+    greedy: dict[int, int] = field(default_factory=dict)  # id(sequence) -> argmax, for greedy ones
+    seconds: float = 0.0
+    failed: list[tuple[Sequence, Exception]] = field(default_factory=list)
+
+
+class RunningBatch:
+    """Every admitted sequence, one KV row each. A decode forward covers all rows: those still
+    prefilling feed a placeholder that costs a row of compute and is overwritten by their prefill,
+    which keeps rows dense and a sequence's KV in one place from admission to exit."""
+
+    def __init__(self, shape: KVShape, max_rows: int, max_len: int, placeholder_token: int = 0):
+        self.cache = SlotKVCache(shape, max_rows, max_len)
+        self.rows: list[Sequence] = []
+        self._placeholder = placeholder_token
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def admit(self, seq: Sequence, prefix: torch.Tensor | None = None, reused: int = 0) -> None:
+        """Give a sequence a row sized for its prompt and first token, starting from `reused`
+        positions of a cached prefix."""
+        seq.row = self.cache.add(len(seq.prompt_ids) + 1)
+        self.rows.append(seq)
+        if reused:
+            self.cache.load_prefix(seq.row, prefix, reused)
+        seq.prefilled = reused
+
+    def leave(self, seq: Sequence) -> None:
+        moved = self.cache.remove(seq.row)
+        last = self.rows.pop()
+        if moved is not None:
+            self.rows[seq.row] = last
+            last.row = seq.row
+        seq.row = None
+
+    def export(self, seq: Sequence) -> torch.Tensor:
+        return self.cache.export(seq.row)
+
+    def prefill(self, model, seq: Sequence, n: int) -> torch.Tensor | None:
+        """Feed the next `n` prompt tokens of `seq`. Returns the logits after the last prompt token
+        when this chunk completes the prompt, else None."""
+        start = seq.prefilled
+        device = self.cache.shape.device
+        dtype = self.cache.shape.dtype
+        ids = torch.tensor([seq.prompt_ids[start : start + n]], device=device)
+        positions = torch.arange(start, start + n, device=device)
+        # query i (absolute position start+i) sees keys 0..start+i
+        visible = torch.arange(start + n, device=device)[None, :] <= positions[:, None]
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+        mask.masked_fill_(~visible, torch.finfo(dtype).min)
+        view = self.cache.row_view(seq.row)
+        out = model(input_ids=ids, position_ids=positions[None, :], attention_mask=mask[None, None],
+                    cache=view, use_cache=True, logits_to_keep=1)
+        view.commit()
+        seq.prefilled = start + n
+        return out.logits[0, -1] if seq.prefilled == len(seq.prompt_ids) else None
+
+    def decode(self, model) -> torch.Tensor:
+        """One position for every row; returns logits [rows, vocab] in row order. Decoding rows
+        feed their last sampled token; the others a placeholder whose KV is not kept."""
+        positions, mask = self.cache.decode_inputs()
+        feed = [[s.output_ids[-1] if s.decoding else self._placeholder] for s in self.rows]
+        ids = torch.tensor(feed, device=positions.device)
+        out = model(input_ids=ids, position_ids=positions, attention_mask=mask, cache=self.cache, use_cache=True)
+        self.cache.commit([s.decoding for s in self.rows])
+        return out.logits[:, -1]

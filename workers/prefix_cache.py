@@ -1,0 +1,156 @@
+"""Reuse of finished sequences' KV: an LRU of token prefixes, bounded by bytes.
+
+An agent's next step, or a chat's next turn, sends the previous prompt plus the previous answer
+plus something new. When a sequence finishes, the engine files its KV here under the tokens it
+covers (prompt + answer); a new prompt that starts with those tokens copies that KV and prefills
+only the rest.
+
+Lookup is by a chain of block hashes: h(i+1) = hash(h(i), tokens of block i), one per full block of
+`block` tokens, so the deepest block a prompt shares with any entry is found in O(prompt length);
+from there the match is extended token by token inside that entry (matches need not end on a
+block boundary; retokenized answers often diverge mid-block). Tokens are compared for real, so a
+hash collision can cost a miss, never a wrong reuse.
+
+Thread-safe: the scheduler thread inserts and looks up; the pool asks `has_session` from others.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class _Entry:
+    tokens: list[int]
+    kv: torch.Tensor  # [layers, 2, heads, len(tokens), head_dim]
+    hashes: list[int]
+    sessions: set[str] = field(default_factory=set)
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.numel() * self.kv.element_size()
+
+
+class PrefixCache:
+    """Token prefix -> KV, least recently used evicted first once `max_bytes` is exceeded."""
+
+    def __init__(self, max_bytes: int, block: int = 16):
+        self.max_bytes = max_bytes
+        self.block = block
+        self.nbytes = 0
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()  # id -> entry, LRU first
+        self._by_hash: dict[int, dict[int, None]] = {}  # block hash -> ids of entries holding it (ordered)
+        self._by_session: dict[str, int] = {}  # session id -> id of its latest entry
+        self._next_id = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, tokens: list[int], limit: int | None = None) -> tuple[int, torch.Tensor | None]:
+        """Longest cached prefix of `tokens` (at most `limit` tokens): (length, its KV) or (0, None).
+        The KV tensor may be longer than the match; use its first `length` positions. Counts as a use."""
+        with self._lock:
+            found = self._find(tokens, len(tokens) if limit is None else limit)
+            if found is None:
+                return 0, None
+            entry_id, length = found
+            self._entries.move_to_end(entry_id)
+            return length, self._entries[entry_id].kv
+
+    def match_length(self, tokens: list[int]) -> int:
+        """How many leading tokens of `tokens` are cached (no side effects; for routing)."""
+        with self._lock:
+            found = self._find(tokens, len(tokens))
+            return 0 if found is None else found[1]
+
+    def has_session(self, session_id: str) -> bool:
+        """Whether the latest sequence of this session still has its KV here."""
+        with self._lock:
+            return session_id in self._by_session
+
+    def insert(self, tokens: list[int], kv: torch.Tensor, session_id: str | None = None) -> None:
+        """File a finished sequence's KV. Entries it extends (their tokens are a prefix of these)
+        are dropped: the new one serves every prompt they could."""
+        if len(tokens) < self.block or self.max_bytes <= 0:
+            return
+        entry = _Entry(list(tokens), kv, self._hashes(tokens))
+        if entry.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            for old_id in self._covered_by(entry):
+                entry.sessions |= self._entries[old_id].sessions
+                self._drop(old_id)
+            if session_id is not None:
+                entry.sessions.add(session_id)
+            entry_id = self._next_id
+            self._next_id += 1
+            self._entries[entry_id] = entry
+            for h in entry.hashes:
+                self._by_hash.setdefault(h, {})[entry_id] = None
+            for s in entry.sessions:
+                self._by_session[s] = entry_id
+            self.nbytes += entry.nbytes
+            while self.nbytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+    def clear(self) -> None:
+        with self._lock:
+            for entry_id in list(self._entries):
+                self._drop(entry_id)
+
+    # ---- internals (lock held) ---------------------------------------------------------------
+
+    def _hashes(self, tokens: list[int]) -> list[int]:
+        out, h = [], 0
+        for start in range(0, len(tokens) - self.block + 1, self.block):
+            h = hash((h, tuple(tokens[start : start + self.block])))
+            out.append(h)
+        return out
+
+    def _find(self, tokens: list[int], limit: int) -> tuple[int, int] | None:
+        hashes = self._hashes(tokens[:limit])
+        for depth in range(len(hashes), 0, -1):
+            holders = self._by_hash.get(hashes[depth - 1])
+            if not holders:
+                continue
+            boundary = depth * self.block
+            for entry_id in reversed(holders):  # most recently inserted first
+                entry = self._entries[entry_id]
+                if entry.tokens[:boundary] != tokens[:boundary]:
+                    continue  # hash collision
+                return entry_id, _common_prefix(entry.tokens, tokens, boundary, limit)
+        return None
+
+    def _covered_by(self, new: _Entry) -> list[int]:
+        if not new.hashes:
+            return []
+        holders = self._by_hash.get(new.hashes[0], {})
+        return [i for i in holders
+                if len(self._entries[i].tokens) <= len(new.tokens)
+                and new.tokens[: len(self._entries[i].tokens)] == self._entries[i].tokens]
+
+    def _drop(self, entry_id: int) -> None:
+        entry = self._entries.pop(entry_id)
+        self.nbytes -= entry.nbytes
+        for h in entry.hashes:
+            holders = self._by_hash.get(h)
+            if holders is not None:
+                holders.pop(entry_id, None)
+                if not holders:
+                    del self._by_hash[h]
+        for s in entry.sessions:
+            if self._by_session.get(s) == entry_id:
+                del self._by_session[s]
+
+
+def _common_prefix(a: list[int], b: list[int], start: int, limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = start
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

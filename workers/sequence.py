@@ -1,0 +1,51 @@
+"""One generation as the engine's scheduler sees it: where it is, what it owns, how it reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from workers.detok import StopTextStream
+from workers.types import GenerationRequest
+
+
+@dataclass
+class Sequence:
+    """A request's state. Changed only by the engine's scheduler thread (except `cancelled`).
+
+    Life: waiting -> admitted with a `row` in the KV cache -> prefilling (`prefilled` prompt tokens
+    have KV) -> decoding (once its first token is sampled) -> finished (row released). Its sampling
+    generator and text stream are its own, so what it produces does not depend on what else runs.
+    """
+
+    req: GenerationRequest
+    prompt_ids: list[int]
+    max_new_tokens: int
+    text: StopTextStream
+    gen: torch.Generator
+    emit: Callable[[object], None]
+    output_ids: list[int] = field(default_factory=list)
+    row: int | None = None  # its row in the KV cache while admitted
+    prefilled: int = 0  # prompt tokens whose KV exists (reused or computed)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    gpu_seconds: float = 0.0
+    cancelled: bool = False
+    finished: bool = False
+
+    @property
+    def generated(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def decoding(self) -> bool:
+        return bool(self.output_ids)
+
+    @property
+    def prompt_left(self) -> int:
+        return len(self.prompt_ids) - self.prefilled
+
+    def kv_tokens(self) -> list[int]:
+        """The tokens its KV covers: the prompt and every sampled token but the last (never fed)."""
+        return self.prompt_ids + self.output_ids[:-1]
