@@ -165,6 +165,9 @@ class PoolConfig(Strict):
     eviction: Literal["gdsf", "lru"] = Field(
         "gdsf", description="Which idle model to evict: `gdsf` (GreedyDual-Size-Frequency: reload cost, size, popularity) or `lru`.")
     kv_reserve_tokens: int = Field(2048, ge=0, description="KV-cache tokens reserved per resident model, counted in its footprint.")
+    prefix_cache_mb: float = Field(
+        64, ge=0, description="Per resident model: MiB of finished sequences' KV kept for prompts that extend them "
+        "(agent steps, chat turns); counted in its footprint. 0 disables prefix reuse.")
     max_resident_models: int | None = Field(None, ge=1, description="Optional cap on models resident per replica, on top of the byte budget.")
     load_timeout_s: float = Field(120.0, gt=0, description="How long a request waits for its model to load (then 503).")
     max_ongoing_requests: int = Field(256, ge=1, description="Ray Serve max_ongoing_requests per replica.")

@@ -54,7 +54,7 @@ def pool_options(config: MuxgateConfig) -> dict:
                 torch_threads=pool.torch_threads,
                 device_budget_bytes=int(pool.device_budget_mb * mib) if pool.device_budget_mb else None,
                 host_budget_bytes=int(pool.host_budget_mb * mib), eviction=pool.eviction,
-                kv_reserve_tokens=pool.kv_reserve_tokens)
+                kv_reserve_tokens=pool.kv_reserve_tokens, prefix_cache_bytes=int(pool.prefix_cache_mb * mib))
 
 
 def make_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | None = None) -> Backend:
@@ -83,7 +83,8 @@ def make_pool_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | N
                               load_timeout_s=pool.load_timeout_s, max_ongoing_requests=pool.max_ongoing_requests,
                               autoscaling=pool.autoscaling, device_budget_bytes=options["device_budget_bytes"],
                               host_budget_bytes=options["host_budget_bytes"], eviction=pool.eviction,
-                              kv_reserve_tokens=pool.kv_reserve_tokens)
+                              kv_reserve_tokens=pool.kv_reserve_tokens,
+                              prefix_cache_bytes=options["prefix_cache_bytes"])
     return RayServeBackend(deploy_pool(specs, ray_options, ray_address or pool.ray_address))
 
 

@@ -144,7 +144,8 @@ def main() -> None:
 
     build_zoo(Path(args.zoo), TRACE_MODELS, progress=False)
     specs = {m: str(Path(args.zoo) / m) for m in TRACE_MODELS}
-    probe = ModelPool([ModelSpec(m, p) for m, p in specs.items()], kv_reserve_tokens=64)
+    # no prefix cache: the trace shares no prompts, and Serve's side has none to count
+    probe = ModelPool([ModelSpec(m, p) for m, p in specs.items()], kv_reserve_tokens=64, prefix_cache_bytes=0)
     sizes = {m: probe.footprint(m).total for m in TRACE_MODELS}
     total = sum(sizes.values())
     budget = total // 3
@@ -158,7 +159,8 @@ def main() -> None:
     try:
         handle = deploy_pool([ModelSpec(m, p) for m, p in specs.items()],
                              PoolOptions(replicas=1, num_cpus=1, torch_threads=1, device_budget_bytes=budget,
-                                         host_budget_bytes=total, kv_reserve_tokens=64, load_timeout_s=300))
+                                         host_budget_bytes=total, kv_reserve_tokens=64, load_timeout_s=300,
+                                         prefix_cache_bytes=0))
 
         async def call_pool(model):
             async for _ in handle.options(stream=True).generate.remote(model, request()):

@@ -36,8 +36,9 @@ def _int8_weight_bytes(path: str | Path, dtype_bytes: int) -> int:
 
 
 def predict_footprint(name: str, path: str | Path, dtype: str, kv_reserve_tokens: int,
-                      quantization: str | None = None) -> Footprint:
-    """From config.json and the safetensors headers only (nothing is loaded)."""
+                      quantization: str | None = None, extra_kv_bytes: int = 0) -> Footprint:
+    """From config.json and the safetensors headers only (nothing is loaded). `extra_kv_bytes`:
+    KV held beyond the running batch's reserve (the engine's prefix cache)."""
     info = read_model_info(name, path)
     config = json.loads((Path(path) / "config.json").read_text())
     size = DTYPE_BYTES[dtype]
@@ -50,4 +51,4 @@ def predict_footprint(name: str, path: str | Path, dtype: str, kv_reserve_tokens
     buffers = 2 * (head_dim // 2) * 4
     kv_per_token = 2 * layers * kv_heads * head_dim * size
     weights = _int8_weight_bytes(path, size) if quantization == "int8" else info.parameters * size
-    return Footprint(weights + buffers, kv_per_token, kv_per_token * kv_reserve_tokens)
+    return Footprint(weights + buffers, kv_per_token, kv_per_token * kv_reserve_tokens + extra_kv_bytes)

@@ -69,6 +69,7 @@ class ModelPool:
         host_budget_bytes: int = 0,
         eviction: str = "gdsf",
         kv_reserve_tokens: int = 2048,
+        prefix_cache_bytes: int = 64 * 1024 * 1024,
     ):
         from workers.weights import HostTier
 
@@ -80,6 +81,7 @@ class ModelPool:
         self.max_running_per_model = max_running_per_model
         self.torch_threads = torch_threads
         self.kv_reserve_tokens = kv_reserve_tokens
+        self.prefix_cache_bytes = prefix_cache_bytes
         self.nvml = nvml_memory(device)
         self.ledger = ByteLedger(device_budget_bytes or _default_capacity(device, self.nvml))
         self.host = HostTier(host_budget_bytes, pin=device.startswith("cuda"))
@@ -120,7 +122,8 @@ class ModelPool:
         if model not in self._footprints:
             spec = self.specs[model]
             self._footprints[model] = predict_footprint(model, spec.path, self.dtype_name(spec),
-                                                        self.kv_reserve_tokens, spec.quantization)
+                                                        self.kv_reserve_tokens, spec.quantization,
+                                                        extra_kv_bytes=self.prefix_cache_bytes)
         return self._footprints[model]
 
     def stats(self) -> dict:
@@ -136,6 +139,8 @@ class ModelPool:
             "resident": list(self._resident),
             "resident_bytes": {n: r.reserved for n, r in self._resident.items()},
             "measured_weight_bytes": {n: r.measured_weight_bytes for n, r in self._resident.items()},
+            "kv_bytes": {n: r.engine.kv_bytes for n, r in self._resident.items()},
+            "prefix_hit_tokens": {n: r.engine.prefix_hit_tokens for n, r in self._resident.items()},
             "loading": list(self._loading),
             "in_flight": {k: v for k, v in self._in_flight.items() if v},
             "queue_depth": {k: v for k, v in self._waiting_for_load.items() if v},
@@ -281,7 +286,7 @@ class ModelPool:
         if model not in self._tokenizers:
             self._tokenizers[model] = load_tokenizer(spec.path)
         engine = Engine(model, weights, self._tokenizers[model], device=self.device,
-                        max_running=self.max_running_per_model)
+                        max_running=self.max_running_per_model, prefix_cache_bytes=self.prefix_cache_bytes)
         self.loads[kind] += 1
         self.load_seconds[kind] += seconds
         self.loaded_bytes[kind] += measured

@@ -50,6 +50,7 @@ class PoolOptions:
     host_budget_bytes: int = 0
     eviction: str = "gdsf"
     kv_reserve_tokens: int = 2048
+    prefix_cache_bytes: int = 64 * 1024 * 1024
     load_timeout_s: float = 120.0
     max_ongoing_requests: int = 256
     autoscaling: dict | None = None
@@ -72,7 +73,8 @@ class PoolReplica:
                               load_timeout_s=options.load_timeout_s, replica_id=replica,
                               torch_threads=options.torch_threads, device_budget_bytes=options.device_budget_bytes,
                               host_budget_bytes=options.host_budget_bytes, eviction=options.eviction,
-                              kv_reserve_tokens=options.kv_reserve_tokens)
+                              kv_reserve_tokens=options.kv_reserve_tokens,
+                              prefix_cache_bytes=options.prefix_cache_bytes)
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         async for chunk in self.pool.generate(model, req):
