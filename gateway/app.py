@@ -20,7 +20,8 @@ from gateway.backends import Backend
 from gateway.callers import AdminKey, ConfigCallers
 from gateway.completions import CompletionService
 from gateway.config import MuxgateConfig
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_response
+from gateway.auth_limiter import FailedAuthLimiter
+from gateway.errors import GatewayError, MethodNotAllowed, NotFound, Unauthorized, error_response
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import openapi_document
 from gateway.pool_metrics import PoolMetricsCollector, poll_pool_stats
@@ -79,6 +80,7 @@ class Gateway:
                                              self.metrics, config.server,
                                              admission=self.tenancy.admission if self.tenancy else None)
         self.created = int(time.time())
+        self.auth_limiter = FailedAuthLimiter(config.server.auth_failures_per_minute)
         self.pool_metrics = PoolMetricsCollector()
         self.metrics.registry.register(self.pool_metrics)
 
@@ -103,9 +105,14 @@ def _endpoint(handler):
 
     async def endpoint(request: Request) -> Response:
         gw: Gateway = request.app.state.gateway
+        address = request.client.host if request.client else "unknown"
         try:
+            if "authorization" in request.headers or request.url.path.startswith("/v1/"):
+                gw.auth_limiter.check(address)
             return await handler(gw, request)
         except Exception as exc:
+            if isinstance(exc, Unauthorized):
+                gw.auth_limiter.record_failure(address)
             response = error_response(exc, request.state.request_id)
             code = exc.code if isinstance(exc, GatewayError) else getattr(exc, "code", "internal_error")
             gw.metrics.errors.labels(str(response.status_code), str(code)).inc()

@@ -21,6 +21,7 @@ from gateway.errors import (
     GatewayError,
     ModelNotAvailable,
     PayloadTooLarge,
+    RequestTimeout,
     describe,
 )
 from gateway.metrics import GatewayMetrics
@@ -113,17 +114,26 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, PoolError) and exc.status >= 500
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes without reading them all."""
+async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> bytes:
+    """The body, refusing more than `limit` bytes without reading them all, and refusing a
+    client that takes longer than `timeout_s` to send it (a slow client holds a connection)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes.")
-    chunks, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(part)
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(part)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {timeout_s:.0f}s.") from None
     return b"".join(chunks)
 
 
@@ -142,7 +152,7 @@ class CompletionService:
     async def handle(self, request: Request, chat: bool) -> Response:
         request_id = request.state.request_id
         principal = await self.authenticate(request.headers.get("authorization"))
-        body = parse_json(await read_body(request, self.server.max_body_bytes))
+        body = parse_json(await read_body(request, self.server.max_body_bytes, self.server.body_read_timeout_s))
         parsed = parse_request(ChatCompletionRequest if chat else CompletionRequest, body)
         gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
                                 session_id=request.headers.get("x-session-id"))

@@ -27,6 +27,11 @@ class ServerConfig(Strict):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens applied when a request sets none.")
     stream_first_token_timeout_s: float = Field(
         300.0, gt=0, description="How long a request may wait for its first token before it fails with 503.")
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="A client must send its whole request body within this long, else 408 (slow clients).")
+    auth_failures_per_minute: int = Field(
+        20, ge=0, description="Failed authentications allowed per client address per minute (per gateway process) "
+        "before further attempts get 429; 0 disables the limit.")
 
 
 class KeyConfig(Strict):

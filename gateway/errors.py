@@ -58,6 +58,11 @@ class MethodNotAllowed(GatewayError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "request_too_large"

@@ -25,7 +25,8 @@ def make_config(zoo_dir: Path, **overrides) -> dict:
     """A config dict serving the two smallest zoo models, with two teams' keys."""
     config = {
         "version": 1,
-        "server": {"default_max_tokens": 16},
+        # many tests fail auth on purpose; the failed-auth limit has its own tests
+        "server": {"default_max_tokens": 16, "auth_failures_per_minute": 0},
         "keys": [{"team": "alpha", "name": "ci", "key": KEY_ALPHA}, {"team": "beta", "name": "ci", "key": KEY_BETA}],
         "zoo": {"dir": str(zoo_dir), "build_on_start": False},
         "models": [{"name": n, "zoo": True} for n in TEST_MODELS],
