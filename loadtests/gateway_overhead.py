@@ -59,10 +59,12 @@ def muxgate_config(upstream_url: str, tmp: Path, port: int) -> Path:
     config = {
         "version": 1,
         "server": {"host": "127.0.0.1", "port": port},
+        "admin": {"key": "mg-bench-admin-0123456789abcdef"},
         "keys": [{"team": "bench", "name": "bench", "key": KEY}],
         "store": {"url": f"sqlite:///{tmp / 'bench.db'}"},
         "models": [{"name": "fake", "upstream": {"base_url": upstream_url, "model": "fake"}}],
-        "prices": {"fake": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+        "pricing": {"models": [{"model": "fake", "input_per_1m_usd": 1.0, "output_per_1m_usd": 2.0}]},
+        "teams": [{"id": "bench"}],  # a team with no limits: accounting on, nothing refused
         "routing": {"default_model": "fake"},
     }
     path = tmp / "muxgate.yaml"
