@@ -75,14 +75,24 @@ class Gateway:
             self.callers = ConfigCallers(ConfigKeyAuthenticator.from_config(config.keys).authenticate,
                                          AdminKey(resolve_admin_key(config.admin)))
         self.authenticator = authenticator or self.callers
-        self.router = Router(config.routing, [m.name for m in config.models])
+        self.pool_metrics = PoolMetricsCollector()
+        self.router = self._make_router(config)
         self.completions = CompletionService(backend, self.router, self.authenticator.authenticate,
                                              self.metrics, config.server,
                                              admission=self.tenancy.admission if self.tenancy else None)
         self.created = int(time.time())
         self.auth_limiter = FailedAuthLimiter(config.server.auth_failures_per_minute)
-        self.pool_metrics = PoolMetricsCollector()
         self.metrics.registry.register(self.pool_metrics)
+
+    def _make_router(self, config: MuxgateConfig):
+        names = [m.name for m in config.models]
+        if not config.routing.policy_file:
+            return Router(config.routing, names)
+        from gateway.route_signals import GatewaySignals
+        from policies.policy_router import ReloadingRouter
+
+        store = self.tenancy.store if self.tenancy is not None else None
+        return ReloadingRouter(config.routing.policy_file, set(names), GatewaySignals(store, self.pool_metrics))
 
     async def refresh_models(self) -> None:
         self.model_infos = {m.name: m for m in await self.backend.models()}
@@ -179,9 +189,12 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
             await gateway.refresh_models()
         except Exception:
             log.exception("could not list the pool's models at start-up; will retry on /v1/models")
-        poller = asyncio.create_task(poll_pool_stats(backend, gateway.pool_metrics))
+        background = [asyncio.create_task(poll_pool_stats(backend, gateway.pool_metrics))]
+        if hasattr(gateway.router, "watch"):  # hot reload of the routing policy file
+            background.append(asyncio.create_task(gateway.router.watch()))
         yield
-        poller.cancel()
+        for task in background:
+            task.cancel()
         await gateway.completions.drain()
         if gateway.tenancy is not None:
             await gateway.tenancy.close()

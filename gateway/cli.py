@@ -7,6 +7,7 @@ import logging
 import sys
 
 from gateway.config import ConfigError, load_config
+from policies.policy import PolicyError
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
@@ -39,6 +40,17 @@ def _zoo_list(args) -> None:
 def _config_check(args) -> None:
     load_config(args.file)
     print(f"{args.file}: ok")
+
+
+def _policy_check(args) -> None:
+    from policies.policy import load_policy
+
+    served = None
+    if args.config:
+        served = {m.name for m in load_config(args.config).models}
+    policy = load_policy(args.file, served)
+    routes = ", ".join(f"{n} ({r.strategy})" for n, r in policy.routes.items())
+    print(f"{args.file}: ok; tiers {', '.join(policy.tiers)}; routes {routes}")
 
 
 def _config_docs(args) -> None:
@@ -77,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     cc.set_defaults(func=_config_check)
     c.add_parser("docs", help="print the configuration reference (docs/CONFIG.md)").set_defaults(func=_config_docs)
 
+    pol = sub.add_parser("policy", help="routing policies").add_subparsers(dest="policy_command", required=True)
+    pc = pol.add_parser("check", help="validate a routing policy file")
+    pc.add_argument("file")
+    pc.add_argument("--config", default=None, help="also check that every model it names is served by this config")
+    pc.set_defaults(func=_policy_check)
+
     from gateway.admin_cli import register
 
     register(sub, DEFAULT_CONFIG)  # teams, keys, report
@@ -90,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     try:
         args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, PolicyError) as exc:
         print(f"muxgate: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -157,10 +157,14 @@ class CompletionService:
         gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
                                 session_id=request.headers.get("x-session-id"))
         context = RouteContext(principal.team_id, gen_req.messages, gen_req.prompt, gen_req.session_id)
-        decision = self.router.decide(parsed.model, context)
+        decision = await self.router.decide(parsed.model, context)
         if decision is None:
             raise ModelNotAvailable(f"The model '{parsed.model}' does not exist or you do not have access to it.",
                                     param="model")
+        if decision.fallbacks:  # never fall back to a model this key may not use
+            allowed = tuple(m for m in decision.fallbacks if principal.allows_model(m))
+            if allowed != decision.fallbacks:
+                decision = replace(decision, fallbacks=allowed)
         ticket = await self.admission.admit(principal, decision, gen_req)
         trace = RequestTrace(request_id, "chat" if chat else "completions", principal, parsed.model, decision,
                              started=request.state.started, ticket=ticket)

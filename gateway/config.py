@@ -13,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from policies.schema import RoutingConfig, Strict
+from policies.schema import RoutingConfig, Strict, key_path
 
 
 class ConfigError(Exception):
@@ -218,18 +218,11 @@ class MuxgateConfig(Strict):
         return [m for m in self.models if m.upstream is None]
 
 
-def _key_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def parse_config(data: object, source: str = "<config>") -> MuxgateConfig:
     try:
         return MuxgateConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{source}: {key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("invalid configuration\n  " + "\n  ".join(lines)) from None
 
 

@@ -13,7 +13,7 @@ class Router:
         self.config = config
         self.models = set(models)
 
-    def decide(self, requested: str, context: RouteContext | None = None) -> RoutingDecision | None:
+    async def decide(self, requested: str, context: RouteContext | None = None) -> RoutingDecision | None:
         """None when `requested` is neither `auto` nor a served model."""
         if requested == AUTO:
             return RoutingDecision(self.config.default_model, "default_route")

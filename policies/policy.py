@@ -1,0 +1,129 @@
+"""Routing policies in YAML: tiers of models, routes (per team) that choose a tier for `model:
+auto` from the complexity classifier, a cost target, the team's budget and the pool's load.
+
+Validated once when loaded (pydantic, unknown keys are errors, messages name the file and the key
+path); a policy that names models the gateway does not serve is refused as a whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from policies.schema import Strict, key_path
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used; the message names the file and the key path."""
+
+
+class CapacityPolicy(Strict):
+    max_queue_depth: int = Field(
+        8, ge=0, description="Requests waiting for the large model (pool queue depth) above which it counts as saturated.")
+    on_saturated: Literal["fallback", "queue"] = Field(
+        "fallback", description="`fallback`: send the request to the small tier instead; `queue`: wait for the large model.")
+
+
+class RoutePolicy(Strict):
+    strategy: Literal["classifier", "fixed"] = Field(
+        "classifier", description="`classifier`: the complexity classifier picks small or large; `fixed`: always `model`.")
+    model: str | None = Field(None, description="With strategy `fixed`: the model every `auto` request of this route gets.")
+    small: str = Field("small", description="Tier used when the classifier says the small model will do.")
+    large: str = Field("large", description="Tier used when the classifier says the large model is needed.")
+    large_share: float | None = Field(
+        None, gt=0, lt=1, description="Target share of requests sent to the large tier; the threshold is calibrated on "
+        "held-out data so this share holds on traffic like it.")
+    quality_target: float | None = Field(
+        None, gt=0, le=1, description="Alternatively: the share of the small-to-large quality gap to recover (PGR); "
+        "the threshold is the cheapest that reaches it on held-out data.")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Alternatively: a raw threshold on P(large needed).")
+    budget_downgrade_at: float | None = Field(
+        0.9, gt=0, le=1, description="When a team has spent this fraction of its budget, its `auto` requests go to the small tier.")
+    capacity: CapacityPolicy = Field(default_factory=CapacityPolicy, description="What to do when the large tier is saturated.")
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Models tried in order when the chosen one fails before its first token "
+        "(after the other tier's first model).")
+    session_affinity: bool = Field(
+        True, description="Requests with the same `x-session-id` keep the model their session started on (agent chains).")
+
+    @model_validator(mode="after")
+    def _one_target(self):
+        if self.strategy == "fixed":
+            if not self.model:
+                raise ValueError("strategy `fixed` needs `model`")
+            return self
+        targets = [t for t in ("large_share", "quality_target", "threshold") if getattr(self, t) is not None]
+        if len(targets) > 1:
+            raise ValueError(f"give one of large_share, quality_target, threshold (got {', '.join(targets)})")
+        return self
+
+
+class TeamPolicy(Strict):
+    route: str = Field(description="Name of the route (under `routes`) this team's `auto` requests use.")
+
+
+class ClassifierSettings(Strict):
+    weights: str | None = Field(None, description="Directory of classifier weights; default: the ones shipped in policies/weights.")
+
+
+class Policy(Strict):
+    version: Literal[1] = Field(description="Schema version of this file.")
+    tiers: dict[str, list[str]] = Field(
+        description="Tier name -> models in order of preference (the first that is allowed and healthy is used).")
+    routes: dict[str, RoutePolicy] = Field(description="Named routes.")
+    default_route: str = Field("default", description="Route for teams not listed under `teams`.")
+    teams: dict[str, TeamPolicy] = Field(default_factory=dict, description="Per-team route overrides.")
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings, description="The complexity classifier.")
+
+    @model_validator(mode="after")
+    def _references(self):
+        for name, models in self.tiers.items():
+            if not models:
+                raise ValueError(f"tier {name!r} lists no models")
+        if self.default_route not in self.routes:
+            raise ValueError(f"default_route {self.default_route!r} is not one of the routes")
+        for name, route in self.routes.items():
+            for tier in (route.small, route.large):
+                if route.strategy == "classifier" and tier not in self.tiers:
+                    raise ValueError(f"routes.{name}: tier {tier!r} is not defined under tiers")
+        for team, tp in self.teams.items():
+            if tp.route not in self.routes:
+                raise ValueError(f"teams.{team}.route: {tp.route!r} is not one of the routes")
+        return self
+
+    def models(self) -> set[str]:
+        """Every model the policy may send a request to."""
+        out = {m for models in self.tiers.values() for m in models}
+        for route in self.routes.values():
+            out.update(route.fallbacks)
+            if route.model:
+                out.add(route.model)
+        return out
+
+
+def parse_policy(data: object, source: str = "<policy>", known_models: set[str] | None = None) -> Policy:
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: {key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise PolicyError("invalid routing policy\n  " + "\n  ".join(lines)) from None
+    if known_models is not None:
+        unknown = sorted(policy.models() - known_models)
+        if unknown:
+            raise PolicyError(f"{source}: names models the gateway does not serve: {', '.join(unknown)}")
+    return policy
+
+
+def load_policy(path: str | Path, known_models: set[str] | None = None) -> Policy:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+    return parse_policy(data, str(path), known_models)

@@ -1,0 +1,177 @@
+"""Deciding which model serves a `model: auto` request under a routing policy, and reloading the
+policy when its file changes.
+
+A decision reads, in order: the route for the team; session affinity (an agent's next step stays
+on the model its session started on); the classifier's P(large needed) against the route's
+calibrated threshold; then two downgrades to the small tier: the team is near its budget, or
+the large tier is saturated (queue depth from the pool). Every step names itself in `reason`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+from policies.decision import RouteContext, RoutingDecision
+from policies.policy import Policy, PolicyError, RoutePolicy, load_policy
+from policies.router import AUTO
+
+log = logging.getLogger("muxgate.policy")
+SESSION_TTL_S = 3600.0
+MAX_SESSIONS = 100_000
+
+
+class RouteSignals(Protocol):
+    """Live state a policy may look at; the gateway provides it."""
+
+    async def budget_used_fraction(self, team: str) -> float | None: ...
+
+    def queue_depth(self, model: str) -> int: ...
+
+
+class NoSignals:
+    async def budget_used_fraction(self, team: str) -> float | None:
+        return None
+
+    def queue_depth(self, model: str) -> int:
+        return 0
+
+
+class PolicyRouter:
+    """One loaded policy; immutable apart from the session-affinity table."""
+
+    def __init__(self, policy: Policy, served: set[str], classifier=None, signals: RouteSignals | None = None,
+                 sessions: OrderedDict | None = None):
+        self.policy = policy
+        self.served = served
+        self.signals = signals or NoSignals()
+        if classifier is None and any(r.strategy == "classifier" for r in policy.routes.values()):
+            from policies.classifier import ComplexityClassifier
+
+            classifier = ComplexityClassifier.load(policy.classifier.weights)
+        self.classifier = classifier
+        self.thresholds = {name: self._threshold(route) for name, route in policy.routes.items()}
+        self._sessions: OrderedDict[str, tuple[str, float]] = sessions if sessions is not None else OrderedDict()
+
+    def _threshold(self, route: RoutePolicy) -> float | None:
+        if route.strategy != "classifier":
+            return None
+        if route.threshold is not None:
+            return route.threshold
+        if route.large_share is not None:
+            return self.classifier.threshold_for_large_share(route.large_share)
+        if route.quality_target is not None:
+            return self.classifier.threshold_for_quality(route.quality_target)
+        return 0.5
+
+    def route_for(self, team: str | None) -> tuple[str, RoutePolicy]:
+        name = self.policy.teams[team].route if team in self.policy.teams else self.policy.default_route
+        return name, self.policy.routes[name]
+
+    async def decide(self, requested: str, context: RouteContext | None = None) -> RoutingDecision | None:
+        if requested != AUTO:
+            return RoutingDecision(requested, "explicit") if requested in self.served else None
+        context = context or RouteContext()
+        name, route = self.route_for(context.team)
+        if route.strategy == "fixed":
+            return RoutingDecision(route.model, f"route:{name}:fixed", None, self._fallbacks(route, route.model))
+        if route.session_affinity and context.session_id:
+            pinned = self._session_model(context.session_id)
+            if pinned is not None:
+                return RoutingDecision(pinned, f"route:{name}:session_affinity", None, self._fallbacks(route, pinned))
+        score = self.classifier.score(messages=context.messages, prompt=context.prompt)
+        tier, why = (route.large, "classifier_large") if score >= self.thresholds[name] else (route.small, "classifier_small")
+        if tier == route.large and route.budget_downgrade_at is not None and context.team:
+            used = await self.signals.budget_used_fraction(context.team)
+            if used is not None and used >= route.budget_downgrade_at:
+                tier, why = route.small, "budget_downgrade"
+        model = self.policy.tiers[tier][0]
+        if tier == route.large and route.capacity.on_saturated == "fallback":
+            if self.signals.queue_depth(model) > route.capacity.max_queue_depth:
+                tier, why = route.small, "capacity_downgrade"
+                model = self.policy.tiers[tier][0]
+        if route.session_affinity and context.session_id:
+            self._remember(context.session_id, model)
+        return RoutingDecision(model, f"route:{name}:{why}", score, self._fallbacks(route, model))
+
+    def _fallbacks(self, route: RoutePolicy, chosen: str) -> tuple[str, ...]:
+        ordered: list[str] = []
+        tiers = [t for t in (route.large, route.small) if t in self.policy.tiers]
+        candidates = [m for t in tiers for m in self.policy.tiers[t]] + list(route.fallbacks)
+        for m in candidates:
+            if m != chosen and m not in ordered and m in self.served:
+                ordered.append(m)
+        return tuple(ordered)
+
+    def _session_model(self, session: str) -> str | None:
+        entry = self._sessions.get(session)
+        if entry is None or time.monotonic() - entry[1] > SESSION_TTL_S:
+            return None
+        self._sessions.move_to_end(session)
+        return entry[0]
+
+    def _remember(self, session: str, model: str) -> None:
+        self._sessions[session] = (model, time.monotonic())
+        self._sessions.move_to_end(session)
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+
+
+class ReloadingRouter:
+    """Routes with the current policy; a background task reloads the file when it changes. A
+    file that fails to load or validate is logged and ignored: the old policy stays in force."""
+
+    def __init__(self, path: str, served: set[str], signals: RouteSignals | None = None, classifier=None):
+        self.path = path
+        self.served = served
+        self.signals = signals
+        self._classifier = classifier
+        self.reloads = 0
+        self.reload_errors = 0
+        self.last_error: str | None = None
+        self.current = self._build()  # a bad file at start-up is an error: nothing to keep
+        self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime_ns
+        except OSError:
+            return None
+
+    def _build(self) -> PolicyRouter:
+        policy = load_policy(self.path, self.served)
+        old = getattr(self, "current", None)
+        router = PolicyRouter(policy, self.served, self._classifier, self.signals,
+                              sessions=old._sessions if old is not None else None)
+        self._classifier = router.classifier or self._classifier
+        return router
+
+    async def decide(self, requested: str, context: RouteContext | None = None) -> RoutingDecision | None:
+        return await self.current.decide(requested, context)
+
+    def check_reload(self) -> bool:
+        """Reload if the file changed; True when a new policy took effect."""
+        mtime = self._stat()
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            self.current = self._build()
+        except (PolicyError, ValueError) as exc:
+            self.reload_errors += 1
+            self.last_error = str(exc)
+            log.error("routing policy reload rejected; keeping the previous policy: %s", exc)
+            return False
+        self.reloads += 1
+        self.last_error = None
+        log.warning("routing policy reloaded from %s", self.path)
+        return True
+
+    async def watch(self, period_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            self.check_reload()
