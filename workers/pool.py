@@ -12,6 +12,7 @@ model within `load_timeout_s` gets PoolOverloaded (503 + Retry-After), not a han
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import time
@@ -35,6 +36,7 @@ from workers.types import (
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
+_side_loads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="side-load")
 
 
 @dataclass
@@ -275,6 +277,9 @@ class ModelPool:
         dtype = getattr(torch, self.dtype_name(spec))
         host = self.host.get(model)
         started = time.perf_counter()
+        tokenizer = None
+        if model not in self._tokenizers:  # read the tokenizer while the weights load
+            tokenizer = _side_loads.submit(load_tokenizer, spec.path)
         if host is not None:
             kind, weights = "warm", load_warm(spec.path, dtype, self.device, host, spec.quantization)
         else:
@@ -283,8 +288,8 @@ class ModelPool:
         measured = tensor_bytes(weights)
         if measured > predicted.weight_bytes * 1.05:
             log.warning("%s: measured %d weight bytes, predicted %d", model, measured, predicted.weight_bytes)
-        if model not in self._tokenizers:
-            self._tokenizers[model] = load_tokenizer(spec.path)
+        if tokenizer is not None:
+            self._tokenizers[model] = tokenizer.result()
         engine = Engine(model, weights, self._tokenizers[model], device=self.device,
                         max_running=self.max_running_per_model, prefix_cache_bytes=self.prefix_cache_bytes)
         self.loads[kind] += 1
