@@ -237,6 +237,7 @@ class CompletionService:
                 gone.cancel()
                 if work not in done:
                     work.cancel()
+                    await asyncio.wait({work})  # let it unwind out of the stream before we close it
                     trace.status = "client_disconnect"
                     self._finish(trace, None)
                     return Response(status_code=499)

@@ -206,3 +206,24 @@ def test_client_disconnect_mid_stream_frees_the_engine_slot(gateway):
     while engine._running and time.time() < deadline:  # dropped at the scheduler's next step
         time.sleep(0.05)
     assert engine._running == [] and not engine._waiting
+
+
+def test_client_disconnect_while_waiting_for_a_non_streamed_answer_is_clean(gateway):
+    import httpx as _httpx
+
+    body = json.dumps(chat(model="mux-5m", max_tokens=1500)).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {KEY_ALPHA}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    pool = gateway.backend.default.pool
+    deadline = time.time() + 20
+    while not pool.stats()["in_flight"].get("mux-5m") and time.time() < deadline:
+        time.sleep(0.02)
+    sock.close()
+    engine = pool._resident["mux-5m"].engine
+    while (pool.stats()["in_flight"].get("mux-5m") or engine.in_flight) and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.in_flight == 0
+    metrics = _httpx.get(gateway.base_url + "/metrics").text
+    assert 'status="client_disconnect"' in metrics
+    assert 'code="internal_error"' not in metrics
