@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from policies.schema import RoutingConfig, Strict, key_path
+from policies.schema import RoutingConfig, Strict, read_yaml, validation_lines
 
 
 class ConfigError(Exception):
@@ -222,17 +221,9 @@ def parse_config(data: object, source: str = "<config>") -> MuxgateConfig:
     try:
         return MuxgateConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid configuration\n  " + "\n  ".join(lines)) from None
+        raise ConfigError("invalid configuration\n  " + validation_lines(exc, source)) from None
 
 
 def load_config(path: str | os.PathLike) -> MuxgateConfig:
     """Read and validate a YAML file; raises ConfigError naming the file and the key path."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml(path, ConfigError), str(path))

@@ -82,7 +82,22 @@ def litellm_config(upstream_url: str, tmp: Path) -> Path:
     return path
 
 
-async def closed_loop(session, url, headers, concurrency: int, seconds: float, stream: bool) -> list[float]:
+async def timed_post(session, url, headers, body, latencies: list[float]) -> bool:
+    """One request; its latency is recorded only when it succeeded."""
+    t0 = time.perf_counter()
+    try:
+        async with session.post(url, json=body, headers=headers) as resp:
+            await resp.read()
+            ok = resp.status == 200
+    except Exception:
+        ok = False
+    if ok:
+        latencies.append(time.perf_counter() - t0)
+    return ok
+
+
+async def closed_loop(session, url, headers, concurrency: int, seconds: float, stream: bool) -> tuple[list[float], int]:
+    """`concurrency` clients, each sending its next request as soon as the last one ends."""
     body = {**BODY, "stream": stream}
     latencies: list[float] = []
     errors = 0
@@ -91,44 +106,24 @@ async def closed_loop(session, url, headers, concurrency: int, seconds: float, s
     async def client():
         nonlocal errors
         while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            try:
-                async with session.post(url, json=body, headers=headers) as resp:
-                    await resp.read()
-                    ok = resp.status == 200
-            except Exception:
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - t0)
-            else:
-                errors += 1
+            errors += not await timed_post(session, url, headers, body, latencies)
 
     await asyncio.gather(*[client() for _ in range(concurrency)])
     return latencies, errors
 
 
 async def open_loop(session, url, headers, rate: float, seconds: float) -> tuple[list[float], int]:
+    """Requests at a fixed arrival rate, whether or not earlier ones have finished."""
     latencies: list[float] = []
     errors = 0
-    n = int(rate * seconds)
     start = time.perf_counter()
 
     async def one(i):
         nonlocal errors
         await asyncio.sleep(max(0.0, i / rate - (time.perf_counter() - start)))
-        t0 = time.perf_counter()
-        try:
-            async with session.post(url, json=BODY, headers=headers) as resp:
-                await resp.read()
-                ok = resp.status == 200
-        except Exception:
-            ok = False
-        if ok:
-            latencies.append(time.perf_counter() - t0)
-        else:
-            errors += 1
+        errors += not await timed_post(session, url, headers, BODY, latencies)
 
-    await asyncio.gather(*[one(i) for i in range(n)])
+    await asyncio.gather(*[one(i) for i in range(int(rate * seconds))])
     return latencies, errors
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from policies.schema import Strict, key_path
+from policies.schema import Strict, read_yaml, validation_lines
 
 
 class PolicyError(Exception):
@@ -109,8 +108,7 @@ def parse_policy(data: object, source: str = "<policy>", known_models: set[str] 
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise PolicyError("invalid routing policy\n  " + "\n  ".join(lines)) from None
+        raise PolicyError("invalid routing policy\n  " + validation_lines(exc, source)) from None
     if known_models is not None:
         unknown = sorted(policy.models() - known_models)
         if unknown:
@@ -119,11 +117,4 @@ def parse_policy(data: object, source: str = "<policy>", known_models: set[str] 
 
 
 def load_policy(path: str | Path, known_models: set[str] | None = None) -> Policy:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
-    return parse_policy(data, str(path), known_models)
+    return parse_policy(read_yaml(path, PolicyError), str(path), known_models)

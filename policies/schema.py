@@ -25,3 +25,23 @@ def key_path(loc: tuple) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
+
+
+def read_yaml(path, error: type[Exception]):
+    """A YAML file's data; unreadable files and syntax errors raise `error` naming the file."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+
+
+def validation_lines(exc, source: str) -> str:
+    """pydantic errors as `file: key.path: message` lines."""
+    return "\n  ".join(f"{source}: {key_path(e['loc'])}: {e['msg']}" for e in exc.errors())
