@@ -248,7 +248,7 @@ class CompletionService:
         finally:
             await stream.aclose()
         headers["x-muxgate-overhead-ms"] = self._overhead_ms(trace)
-        self._finish(trace, None)
+        await self._finish_durably(trace, None)
         return JSONResponse(builder.full("".join(parts), last), headers=headers)
 
     async def _events(self, first: GenerationChunk, stream, builder: ResponseBuilder, trace: RequestTrace,
@@ -268,11 +268,15 @@ class CompletionService:
             yield sse(builder.chunk("", chunk.finish_reason))
             if include_usage:
                 yield sse(builder.usage_chunk(chunk))
+            await stream.aclose()
+            await self._finish_durably(trace, None)
             yield sse("[DONE]")
             done = True
         except Exception as exc:  # headers are gone: report in-band, as OpenAI does
             error = exc
             _, body, _ = describe(exc, trace.request_id)
+            await stream.aclose()
+            await self._finish_durably(trace, exc)
             yield sse(body)
         finally:
             # not done and no error: the client went away (Starlette closed or cancelled us)
@@ -295,10 +299,18 @@ class CompletionService:
             await stream.aclose()
             self._finish(trace, None)
 
-    def _finish(self, trace: RequestTrace, error: BaseException | None) -> None:
+    async def _finish_durably(self, trace: RequestTrace, error: BaseException | None) -> None:
+        """Finish and wait for the usage record to be written (or buffered) before the client
+        hears that the request is over: a gateway killed right after answering loses nothing."""
+        tasks = self._finish(trace, error)
+        if tasks:
+            await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
+
+    def _finish(self, trace: RequestTrace, error: BaseException | None) -> list[asyncio.Task]:
         if trace.finished_at is not None:  # exactly once, whichever path ends the request
-            return
+            return []
         trace.finished_at = time.perf_counter()
+        tasks: list[asyncio.Task] = []
         if error is not None:
             status, body, _ = describe(error, trace.request_id)
             trace.status = "error"
@@ -312,8 +324,10 @@ class CompletionService:
                     task = asyncio.get_running_loop().create_task(result)
                     self._pending.add(task)
                     task.add_done_callback(self._hook_done)
+                    tasks.append(task)
             except Exception:
                 log.exception("completion hook failed for %s", trace.request_id)
+        return tasks
 
     def _hook_done(self, task: asyncio.Task) -> None:
         self._pending.discard(task)

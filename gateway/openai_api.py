@@ -47,7 +47,7 @@ class _Sampling(_Strict):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
@@ -106,10 +106,17 @@ def parse_json(raw: bytes) -> dict:
         raise BadRequest(f"Request body is not valid UTF-8 (byte {exc.start}).", code="invalid_json") from None
     try:
         body = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("The JSON body is nested too deeply.", code="invalid_json") from None
     except ValueError as exc:
         raise BadRequest(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    if "\\ud" in text.lower():  # an escaped lone surrogate decodes to a str no tokenizer can encode
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("The request contains an unpaired UTF-16 surrogate escape.", code="invalid_json") from None
     return body
 
 

@@ -193,8 +193,13 @@ class Engine:
     def _loop(self) -> None:
         with torch.inference_mode():
             while (plan := self._schedule()) is not None:
-                out = self._run(plan)
-                self._update(plan, out)
+                try:
+                    out = self._run(plan)
+                    self._update(plan, out)
+                except Exception as exc:  # the loop must outlive any one step: fail its sequences
+                    for seq in [*(s for s, _ in plan.prefill), *plan.decode]:
+                        if not seq.finished:
+                            self._fail(seq, exc)
         with self._wake:
             left = [*self._waiting, *self._running]
             self._waiting.clear()
@@ -269,22 +274,30 @@ class Engine:
         for seq in plan.decode:
             seq.gpu_seconds += out.seconds / consumed
         for seq, exc in out.failed:
-            log.error("engine %s: sequence %s failed", self.name, seq.req.request_id, exc_info=exc)
-            self._release(seq)
-            seq.finished = True
-            seq.emit(exc)
+            self._fail(seq, exc)
 
         produced: list[tuple[Sequence, int]] = []
-        for seq in plan.decode:
-            if id(seq) in out.greedy:
-                produced.append((seq, out.greedy[id(seq)]))
-            elif id(seq) in out.decode_logits:
-                produced.append((seq, self._sample(seq, out.decode_logits[id(seq)])))
-        for seq, _ in plan.prefill:
-            if id(seq) in out.prefill_logits:
-                produced.append((seq, self._sample(seq, out.prefill_logits[id(seq)])))
+        candidates = [(seq, out.greedy.get(id(seq)), out.decode_logits.get(id(seq))) for seq in plan.decode]
+        candidates += [(seq, None, out.prefill_logits.get(id(seq))) for seq, _ in plan.prefill]
+        for seq, greedy, logits in candidates:
+            try:
+                if greedy is not None:
+                    produced.append((seq, greedy))
+                elif logits is not None:
+                    produced.append((seq, self._sample(seq, logits)))
+            except Exception as exc:  # a request's own sampling failure fails that request only
+                self._fail(seq, exc)
         for seq, token in produced:  # sampled first, so rows moving as others leave cannot mix them up
-            self._advance(seq, token)
+            try:
+                self._advance(seq, token)
+            except Exception as exc:
+                self._fail(seq, exc)
+
+    def _fail(self, seq: Sequence, exc: Exception) -> None:
+        log.error("engine %s: sequence %s failed", self.name, seq.req.request_id, exc_info=exc)
+        self._release(seq)
+        seq.finished = True
+        seq.emit(exc)
 
     @staticmethod
     def _sample(seq: Sequence, logits: torch.Tensor) -> int:

@@ -12,9 +12,12 @@ def make_generator(seed: int | None) -> torch.Generator:
     return gen
 
 
+GREEDY_BELOW = 1e-4  # temperatures this small overflow softmax; they mean greedy anyway
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
     """Pick one token id from a 1-D logits vector."""
-    if temperature <= 0.0:
+    if temperature < GREEDY_BELOW:
         return int(torch.argmax(logits).item())
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
@@ -22,6 +25,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
         keep = cumulative - sorted_probs < top_p
+        keep[0] = True  # a top_p so small that nothing qualifies still keeps the top token
         sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
         choice = torch.multinomial(sorted_probs.cpu(), 1, generator=gen)
         return int(order[choice.to(order.device)].item())
