@@ -202,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[train] {msg}", file=sys.stderr, flush=True)
 
     examples = routing_data.load(data)
-    extra = [] if args.no_extra_data else routing_data.load(args.extra_data)
+    extra = []
+    if not args.no_extra_data:
+        if args.extra_data.exists():
+            extra = routing_data.load(args.extra_data)
+        else:  # e.g. an installed wheel without policies/data: say so, the weights will differ
+            log(f"no {args.extra_data}; training without the authored chit-chat rows")
     log(f"loaded {len(examples)} rows from {data}, {len(extra)} training-only rows")
     classifier, report = train(
         examples,
