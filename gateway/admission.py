@@ -24,7 +24,7 @@ from gateway.store.records import (
     MODEL_NOT_ALLOWED,
     TEAM_BUDGET,
 )
-from gateway.tenancy_errors import BudgetExceeded, mapped_store_errors
+from gateway.tenancy_errors import BudgetExceeded, StoreDown, mapped_store_errors
 from gateway.tenancy_metrics import TenancyMetrics
 from policies.decision import RoutingDecision
 from workers.types import GenerationRequest
@@ -63,12 +63,15 @@ class StoreAdmission:
     """Budgets and rate limits from the store; the usage ledger written at settlement."""
 
     def __init__(self, store: Store, buffer: LedgerBuffer, costs: CostModel,
-                 context_length: Callable[[str], Awaitable[int | None]], metrics: TenancyMetrics):
+                 context_length: Callable[[str], Awaitable[int | None]], metrics: TenancyMetrics,
+                 fail_open: bool = False):
         self.store = store
         self.buffer = buffer
         self.costs = costs
         self.context_length = context_length
         self.metrics = metrics
+        self.fail_open = fail_open
+        self._periods: dict[str, tuple[str, str]] = {}  # key id -> budget periods of its last reservation
 
     async def admit(self, principal: Principal, decision: RoutingDecision, req: GenerationRequest) -> Ticket:
         """Reserve the worst case of ``req`` on the routed model (and any fallback), or refuse."""
@@ -82,16 +85,35 @@ class StoreAdmission:
         contexts = {m: await self.context_length(m) for m in candidates}
         worst = self.costs.worst_case_any(candidates, prompt_token_bound(req), req.max_tokens, contexts.get)
         started_wall = time.time()
-        with mapped_store_errors():
-            try:
-                result = await self.store.reserve(principal, decision.model, worst.cost_usd, worst.tokens,
-                                                  request_id=req.request_id)
-            except store_errors.NotFound:  # the key or team was deleted after the cached lookup
-                raise Unauthorized("The API key or its team no longer exists.") from None
+        try:
+            with mapped_store_errors():
+                try:
+                    result = await self.store.reserve(principal, decision.model, worst.cost_usd, worst.tokens,
+                                                      request_id=req.request_id)
+                except store_errors.NotFound:  # the key or team was deleted after the cached lookup
+                    raise Unauthorized("The API key or its team no longer exists.") from None
+        except StoreDown:
+            if not self.fail_open or principal.key_id not in self._periods:
+                raise
+            return self._unverified_ticket(principal, decision, req, worst, started_wall)
         if isinstance(result, Denial):
             self.metrics.denials.labels(result.limit).inc()
             raise denial_error(result, worst, decision.model)
+        self._periods[result.key_id] = (result.team_period, result.key_period)
         return Ticket(result, worst, started_wall)
+
+    def _unverified_ticket(self, principal: Principal, decision: RoutingDecision, req: GenerationRequest,
+                           worst: WorstCase, started_wall: float) -> Ticket:
+        """Failing open: admit without a reservation. The ledger buffer settles it into the
+        periods of the key's last reservation once the store is back, so usage is still recorded."""
+        team_period, key_period = self._periods[principal.key_id]
+        self.metrics.unverified.inc()
+        log.warning("store unavailable; admitting %s without a reservation (fail open)", req.request_id)
+        reservation = Reservation(id=req.request_id, team_id=principal.team_id, key_id=principal.key_id,
+                                  model=decision.model, cost_usd=worst.cost_usd, tokens=worst.tokens,
+                                  created_at=started_wall, expires_at=started_wall, team_period=team_period,
+                                  key_period=key_period)
+        return Ticket(reservation, worst, started_wall)
 
     async def settle(self, ticket: Ticket | None, trace) -> None:
         """Charge the actual cost (never above the reservation) and write the usage record."""

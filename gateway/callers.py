@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from gateway.auth import bearer_token, redact
 from gateway.errors import Forbidden, Unauthorized
 from gateway.store import Principal, Store
-from gateway.tenancy_errors import mapped_store_errors
+from gateway.tenancy_errors import StoreDown, mapped_store_errors
 
 INFERENCE_SCOPE = "inference"
 
@@ -60,13 +60,15 @@ class StoreAuthenticator:
     """Team keys from the store, with a TTL cache of lookups (hits and misses)."""
 
     def __init__(self, store: Store, admin: AdminKey, ttl_s: float = 0.5, max_entries: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, open_grace_s: float = 0.0):
         self.store = store
         self.admin = admin
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.open_grace_s = open_grace_s  # > 0: fail open for keys verified this recently
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task] = {}
 
     async def lookup(self, token: str) -> Principal | None:
@@ -84,8 +86,21 @@ class StoreAuthenticator:
         return await asyncio.shield(task)
 
     async def _fetch(self, token: str, digest: str) -> Principal | None:
-        with mapped_store_errors():
-            principal = await self.store.lookup(token)
+        try:
+            with mapped_store_errors():
+                principal = await self.store.lookup(token)
+        except StoreDown:
+            known = self._verified.get(digest)
+            if self.open_grace_s and known is not None and known[0] > self._clock():
+                return known[1]  # failing open: the store vouched for this key recently
+            raise
+        if principal is None:
+            self._verified.pop(digest, None)  # revoked or deleted: never fail open for it
+        elif self.open_grace_s:
+            self._verified[digest] = (self._clock() + self.open_grace_s, principal)
+            self._verified.move_to_end(digest)
+            while len(self._verified) > self.max_entries:
+                self._verified.popitem(last=False)
         if self.ttl_s > 0:
             self._cache[digest] = (self._clock() + self.ttl_s, principal)
             self._cache.move_to_end(digest)

@@ -61,6 +61,12 @@ class StoreConfig(Strict):
     reservation_ttl_s: float = Field(
         600.0, gt=0, description="A reservation never settled (a crashed gateway) is released after this long; "
         "keep it above the longest request.")
+    when_unavailable: Literal["closed", "open"] = Field(
+        "closed", description="While the store cannot be reached: `closed` refuses requests with 503; `open` admits "
+        "keys this process verified within `open_key_grace_s` without a reservation (budgets and rate limits can be "
+        "overshot during the outage; usage is still buffered and recorded). Unknown keys are refused either way.")
+    open_key_grace_s: float = Field(
+        3600.0, gt=0, description="With when_unavailable: open, how long a key verified before the outage stays usable.")
     ledger_buffer_max: int = Field(
         10_000, ge=1, description="Usage records held in memory while the store is unavailable; beyond it "
         "the oldest are dropped (and counted in /metrics).")

@@ -64,8 +64,11 @@ class Tenancy:
         self.costs = CostModel.from_config(config.pricing)
         self.metrics = TenancyMetrics(registry)
         self.metrics.watch(self.buffer)
-        self.authenticator = StoreAuthenticator(self.store, self.admin_key, ttl_s=config.store.auth_cache_ttl_s)
-        self.admission = StoreAdmission(self.store, self.buffer, self.costs, context_length, self.metrics)
+        fail_open = config.store.when_unavailable == "open"
+        self.authenticator = StoreAuthenticator(self.store, self.admin_key, ttl_s=config.store.auth_cache_ttl_s,
+                                                open_grace_s=config.store.open_key_grace_s if fail_open else 0.0)
+        self.admission = StoreAdmission(self.store, self.buffer, self.costs, context_length, self.metrics,
+                                        fail_open=fail_open)
         self.ops = TenancyOps(self.store)
 
     async def start(self) -> None:

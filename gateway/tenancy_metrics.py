@@ -42,6 +42,8 @@ class TenancyMetrics:
                                    "failed).", ["outcome"], registry=registry)
         self.cost = Counter("muxgate_cost_usd", "Dollars charged, by team and routed model.", ["team", "model"],
                             registry=registry)
+        self.unverified = Counter("muxgate_admitted_unverified", "Requests admitted without a reservation "
+                                  "while the store was unavailable (store.when_unavailable: open).", registry=registry)
 
     def watch(self, buffer: LedgerBuffer) -> None:
         """Export the ledger buffer's counters."""
