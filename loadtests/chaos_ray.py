@@ -156,8 +156,11 @@ async def replica_killed(zoo_dir: Path, workdir: Path, workers: int = 2, before:
         async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as client:
             later = await call(client, gw.base_url, probe_key, chat(max_tokens=4), stream=True, label="after")
         report.outcomes.append(later)
-        report.checks["later_requests_succeed"] = later.succeeded and any(
-            o.succeeded and o.started > killed_at for o in report.outcomes if o.label == "load")
+        # the probe team has no budget, so its request after recovery is the check; the budgeted
+        # load may have spent its budget before the kill on a slow machine (then it only gets 429s)
+        report.checks["later_requests_succeed"] = later.succeeded
+        report.notes["load_succeeded_after_kill"] = sum(
+            1 for o in report.outcomes if o.label == "load" and o.succeeded and o.started > killed_at)
         await long_client.aclose()
         await account(report, store_url, since, "ray-load", "ray-probe")
         probe_records = {r.request_id: r for r in (await read_ledger(store_url, "ray-probe", since)).records}
