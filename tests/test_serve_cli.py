@@ -21,6 +21,8 @@ def start_serve(tmp_path, zoo_dir, backend, extra_args=()):
         "models": [{"name": "mux-2m", "zoo": True}, {"name": "mux-5m", "zoo": True}],
         "pool": {"backend": backend, "torch_threads": 1, "num_cpus": 0.5},
         "routing": {"default_model": "mux-5m"},
+        "store": {"url": f"sqlite:///{tmp_path / 'muxgate.db'}"},  # not the repo's var/
+        "admin": {"key_file": str(tmp_path / "admin.key")},
     }
     path = tmp_path / "muxgate.yaml"
     path.write_text(yaml.safe_dump(config))
