@@ -190,6 +190,8 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
         except Exception:
             log.exception("could not list the pool's models at start-up; will retry on /v1/models")
         background = [asyncio.create_task(poll_pool_stats(backend, gateway.pool_metrics))]
+        if gateway.tenancy is not None:
+            background.append(asyncio.create_task(gateway.tenancy.watch_budgets()))
         if hasattr(gateway.router, "watch"):  # hot reload of the routing policy file
             background.append(asyncio.create_task(gateway.router.watch()))
         yield

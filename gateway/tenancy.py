@@ -6,6 +6,8 @@ One object per gateway process, built by gateway/app.py when `store.url` is set.
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -78,6 +80,18 @@ class Tenancy:
             await bootstrap(self.store, self.config)
         except StoreError as exc:
             raise ConfigError(f"store {self.config.store.url}: {exc}") from exc
+
+    async def watch_budgets(self, period_s: float = 5.0) -> None:
+        """Export each budgeted team's remaining dollars until cancelled (a scrape never waits on the store)."""
+        while True:
+            try:
+                for team in await self.store.list_teams():
+                    if team.budget_usd is not None:
+                        spend = await self.store.spend(team.id)
+                        self.metrics.budget_remaining.labels(team.id).set(float(spend.remaining_usd or 0))
+            except Exception as exc:  # the store may be down; keep the last values
+                log.debug("budget gauge not refreshed: %s", exc)
+            await asyncio.sleep(period_s)
 
     async def close(self) -> None:
         """Write buffered usage records (bounded wait), then release the store."""

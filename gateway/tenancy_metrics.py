@@ -4,7 +4,7 @@ ledger buffer's counters, so a store outage that buffers or drops usage records 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -42,6 +42,9 @@ class TenancyMetrics:
                                    "failed).", ["outcome"], registry=registry)
         self.cost = Counter("muxgate_cost_usd", "Dollars charged, by team and routed model.", ["team", "model"],
                             registry=registry)
+        self.budget_remaining = Gauge("muxgate_budget_remaining_usd", "Dollars left in each team's current budget "
+                                      "period (teams with a budget; refreshed every few seconds).", ["team"],
+                                      registry=registry)
         self.unverified = Counter("muxgate_admitted_unverified", "Requests admitted without a reservation "
                                   "while the store was unavailable (store.when_unavailable: open).", registry=registry)
 
