@@ -56,3 +56,33 @@ def openai_client(gateway):
     import openai
 
     return openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=KEY_ALPHA, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A private redis-server for the session. MUXGATE_TEST_REDIS_URL selects an external Redis
+    instead (e.g. a CI service); without the binary, the machine's Redis on 6379 is used. Tests
+    only touch keys under their own random prefix and delete them afterwards."""
+    import os
+
+    import redis
+
+    from loadtests.chaos_kit import RedisProcess
+    from support import HAVE_REDIS_SERVER, SHARED_REDIS_URL
+
+    external = os.environ.get("MUXGATE_TEST_REDIS_URL") or (None if HAVE_REDIS_SERVER else SHARED_REDIS_URL)
+    if external:
+        client = redis.Redis.from_url(external, socket_connect_timeout=1)
+        try:
+            client.ping()
+        except redis.ConnectionError:
+            pytest.skip(f"no redis-server binary and no Redis at {external}")
+        finally:
+            client.close()
+        yield external
+        return
+    server = RedisProcess(tmp_path_factory.mktemp("redis"), persistent=False).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -8,12 +8,17 @@ import threading
 import time
 from pathlib import Path
 
+import shutil
+
 import uvicorn
 
 REPO = Path(__file__).resolve().parent.parent
 # Built once per machine and reused: the zoo is deterministic, so a cached copy is identical.
 TEST_ZOO = Path(os.environ.get("MUXGATE_TEST_ZOO", REPO / "var" / "test-zoo"))
 TEST_MODELS = ["mux-2m", "mux-5m"]
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+HAVE_REDIS_SERVER = Path(REDIS_SERVER).exists()
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/13"  # fallback: a dedicated db and the tests' own prefixes
 KEY_ALPHA = "mg-test-alpha-0123456789abcdef"
 KEY_BETA = "mg-test-beta-0123456789abcdef"
 ADMIN_KEY = "mg-test-admin-0123456789abcdef"

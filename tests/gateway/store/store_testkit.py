@@ -5,12 +5,8 @@ OS processes run. Imported by conftest.py and the tests (and by spawned child pr
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -19,9 +15,8 @@ import redis
 
 from gateway.store import Principal, Reservation, Store, UsageRecord, open_store
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-HAVE_REDIS_SERVER = Path(REDIS_SERVER).exists()
-SHARED_REDIS_URL = "redis://127.0.0.1:6379/13"  # fallback: a dedicated db and our own prefixes
+from loadtests.chaos_kit import RedisProcess  # noqa: E402
+from support import HAVE_REDIS_SERVER  # noqa: E402,F401  (re-exported for the tests)
 
 # 2025-01-15 10:30:00 UTC, a Wednesday in the middle of a month.
 T0 = datetime(2025, 1, 15, 10, 30, tzinfo=timezone.utc).timestamp()
@@ -40,50 +35,9 @@ class FakeClock:
         self.now += seconds
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class RedisServer:
-    """A private redis-server process (no persistence) on a free local port."""
-
-    workdir: Path
-    port: int = field(default_factory=_free_port)
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 15
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return self
-                except redis.ConnectionError as exc:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not start on port {self.port}") \
-                            from exc
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-        self.process = None
+def RedisServer(workdir: Path) -> RedisProcess:
+    """A private redis-server without persistence on a free local port (the chaos bench's)."""
+    return RedisProcess(workdir, persistent=False)
 
 
 class Backend:

@@ -3,18 +3,16 @@ private redis-server for the tests that run several gateway processes."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
-import redis
 
 # --import-mode=importlib keeps test folders off sys.path; the kit is imported by name.
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support import ServerThread  # noqa: E402
-from tenancy_testkit import HAVE_REDIS_SERVER, RedisServer, tenancy_config  # noqa: E402
+from tenancy_testkit import tenancy_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,23 +36,3 @@ def tenant_gateway(zoo_dir, tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A private redis-server; MUXGATE_TEST_REDIS_URL picks an external one instead, and without
-    the binary the machine's Redis is used (tests only touch their own key prefix)."""
-    external = os.environ.get("MUXGATE_TEST_REDIS_URL") or (None if HAVE_REDIS_SERVER else "redis://127.0.0.1:6379/13")
-    if external:
-        client = redis.Redis.from_url(external, socket_connect_timeout=1)
-        try:
-            client.ping()
-        except redis.ConnectionError:
-            pytest.skip(f"no redis-server binary and no Redis at {external}")
-        finally:
-            client.close()
-        yield external
-        return
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()

@@ -17,9 +17,6 @@ import yaml
 
 from support import REPO, make_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "store"))
-from store_testkit import HAVE_REDIS_SERVER, RedisServer  # noqa: E402,F401
-
 ADMIN_KEY = "mg-admin-test-" + "0123456789abcdef"
 # Prices that make costs easy to reason about: a completion token costs $0.001, a prompt token
 # $0.00001, so a request's cost is dominated by what it generated.
