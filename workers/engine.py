@@ -85,14 +85,12 @@ class Engine:
 
     @classmethod
     def load(cls, name: str, path: str, device: str = "cpu", dtype: str | None = None, **kw) -> "Engine":
-        """Load a Hugging Face checkpoint directory (the zoo's or a real one)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        """Load a Hugging Face checkpoint directory (the zoo's or a real one), through the same
+        loader the pool uses for a cold load."""
+        from workers.weights import load_cold, load_tokenizer
 
-        hf_logging.disable_progress_bar()
-        tokenizer = AutoTokenizer.from_pretrained(path)
         torch_dtype = getattr(torch, dtype) if dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+        model, tokenizer = load_cold(path, torch_dtype, device), load_tokenizer(path)
         return cls(name, model, tokenizer, device=device, **kw)
 
     # ---- request side (any thread / event loop) -------------------------------------------

@@ -20,6 +20,9 @@ import torch
 # Resolved here, at import, on the importing thread: transformers' lazy module is not safe to
 # resolve from several loader threads at once (concurrent loads raised ImportError).
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()  # a bar per load floods a server's logs
 
 log = logging.getLogger(__name__)
 
