@@ -186,7 +186,9 @@ class CompletionService:
         for attempt, model in enumerate(candidates):
             if attempt:
                 trace.decision = replace(trace.decision, model=model, reason=f"{trace.decision.reason}+fallback")
-            stream = _guarded(self.backend.generate(model, gen_req), model, trace.request_id)
+            draft = trace.decision.draft_for(model)
+            req = replace(gen_req, draft_model=draft, draft_tokens=trace.decision.draft_tokens) if draft else gen_req
+            stream = _guarded(self.backend.generate(model, req), model, trace.request_id)
             waited = time.perf_counter()
             try:
                 first = await self._first_chunk(stream, model)

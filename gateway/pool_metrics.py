@@ -35,6 +35,10 @@ class PoolMetricsCollector:
                                    labels=["replica", "tier"])
         evictions = CounterMetricFamily("muxgate_pool_evictions", "Models evicted from the device.", labels=["replica"])
         failures = CounterMetricFamily("muxgate_pool_load_failures", "Loads that failed.", labels=["replica"])
+        drafted = CounterMetricFamily(
+            "muxgate_pool_draft_tokens", "Speculative decoding: tokens a draft proposed for a resident model, and "
+            "those the model accepted (accepted / proposed is the acceptance rate; resets when the model reloads).",
+            labels=["replica", "model", "outcome"])
         for s in self.snapshot:
             r = str(s.get("replica"))
             resident.add_metric([r], len(s.get("resident", [])))
@@ -52,7 +56,10 @@ class PoolMetricsCollector:
                 swap.add_metric([r, tier], secs)
             evictions.add_metric([r], s.get("evictions", 0))
             failures.add_metric([r], s.get("load_failures", 0))
-        yield from (resident, tier_bytes, capacity, model_bytes, queue, loads, swap, evictions, failures)
+            for model, counts in s.get("draft_tokens", {}).items():
+                for outcome, n in counts.items():
+                    drafted.add_metric([r, model, outcome], n)
+        yield from (resident, tier_bytes, capacity, model_bytes, queue, loads, swap, evictions, failures, drafted)
 
 
 async def poll_pool_stats(backend, collector: PoolMetricsCollector, period_s: float = 2.0) -> None:

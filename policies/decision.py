@@ -11,13 +11,23 @@ class RoutingDecision:
     reason: str  # e.g. "explicit", "default_route"
     score: float | None = None  # P(large model needed) when a classifier was consulted
     fallbacks: tuple[str, ...] = field(default_factory=tuple)
+    # speculative decoding opted in by the route: served model -> draft model, tokens per step
+    drafts: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    draft_tokens: int = 0
+
+    def draft_for(self, model: str) -> str | None:
+        return next((d for m, d in self.drafts if m == model), None)
 
     def headers(self) -> dict[str, str]:
-        return {
+        out = {
             "x-muxgate-model": self.model,
             "x-muxgate-route-reason": self.reason,
             "x-muxgate-route-score": "" if self.score is None else f"{self.score:.4f}",
         }
+        draft = self.draft_for(self.model)
+        if draft is not None:
+            out["x-muxgate-draft-model"] = draft
+        return out
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,21 @@ class CapacityPolicy(Strict):
         "fallback", description="`fallback`: send the request to the small tier instead; `queue`: wait for the large model.")
 
 
+class SpeculativePolicy(Strict):
+    drafts: dict[str, str] = Field(
+        description="Served model -> the pool model that drafts for it. The draft must share the served model's "
+        "tokenizer (checked when both are loaded; otherwise the request decodes without it). Applies to greedy "
+        "(temperature 0) requests; their answers are exactly the served model's.")
+    draft_tokens: int = Field(4, ge=1, le=16, description="Tokens the draft proposes per step of the served model.")
+
+    @model_validator(mode="after")
+    def _no_self_drafts(self):
+        same = sorted(m for m, d in self.drafts.items() if m == d)
+        if same:
+            raise ValueError(f"a model cannot draft for itself: {', '.join(same)}")
+        return self
+
+
 class RoutePolicy(Strict):
     strategy: Literal["classifier", "fixed"] = Field(
         "classifier", description="`classifier`: the complexity classifier picks small or large; `fixed`: always `model`.")
@@ -48,6 +63,9 @@ class RoutePolicy(Strict):
         "(after the other tier's first model).")
     session_affinity: bool = Field(
         True, description="Requests with the same `x-session-id` keep the model their session started on (agent chains).")
+    speculative: SpeculativePolicy | None = Field(
+        None, description="Opt-in speculative decoding for this route's requests (`auto` and explicit models alike): "
+        "a small model drafts tokens that the served model verifies several at a time.")
 
     @model_validator(mode="after")
     def _one_target(self):
@@ -99,6 +117,9 @@ class Policy(Strict):
         out = {m for models in self.tiers.values() for m in models}
         for route in self.routes.values():
             out.update(route.fallbacks)
+            if route.speculative is not None:
+                out.update(route.speculative.drafts)
+                out.update(route.speculative.drafts.values())
             if route.model:
                 out.add(route.model)
         return out

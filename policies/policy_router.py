@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Protocol
 
 from policies.decision import RouteContext, RoutingDecision
@@ -73,9 +74,18 @@ class PolicyRouter:
         return name, self.policy.routes[name]
 
     async def decide(self, requested: str, context: RouteContext | None = None) -> RoutingDecision | None:
+        decision = await self._decide(requested, context or RouteContext())
+        if decision is None:
+            return None
+        _, route = self.route_for((context or RouteContext()).team)
+        if route.speculative is not None:
+            decision = replace(decision, drafts=tuple(route.speculative.drafts.items()),
+                               draft_tokens=route.speculative.draft_tokens)
+        return decision
+
+    async def _decide(self, requested: str, context: RouteContext) -> RoutingDecision | None:
         if requested != AUTO:
             return RoutingDecision(requested, "explicit") if requested in self.served else None
-        context = context or RouteContext()
         name, route = self.route_for(context.team)
         if route.strategy == "fixed":
             return RoutingDecision(route.model, f"route:{name}:fixed", None, self._fallbacks(route, route.model))

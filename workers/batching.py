@@ -21,6 +21,7 @@ class StepPlan:
 
     prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
     decode: list[Sequence] = field(default_factory=list)
+    speculate: list[Sequence] = field(default_factory=list)  # greedy sequences with a draft model
 
 
 @dataclass
@@ -28,7 +29,9 @@ class StepOutput:
     prefill_logits: dict[int, torch.Tensor]  # id(sequence) -> logits after its prompt's last token
     decode_logits: dict[int, torch.Tensor]  # id(sequence) -> logits for its next token
     greedy: dict[int, int] = field(default_factory=dict)  # id(sequence) -> argmax, for greedy ones
-    seconds: float = 0.0
+    speculated: dict[int, list[int]] = field(default_factory=dict)  # id(sequence) -> tokens verified this step
+    seconds: float = 0.0  # the prefill chunks and the batched decode
+    speculate_seconds: dict[int, float] = field(default_factory=dict)  # id(sequence) -> its draft + verify time
     failed: list[tuple[Sequence, Exception]] = field(default_factory=list)
 
 
@@ -63,33 +66,58 @@ class RunningBatch:
         seq.row = None
 
     def export(self, seq: Sequence) -> torch.Tensor:
-        return self.cache.export(seq.row)
+        """The KV of the tokens the sequence has fed (a speculative step that ended on a stop may
+        hold KV for proposals after it)."""
+        return self.cache.export(seq.row, len(seq.kv_tokens()))
 
     def prefill(self, model, seq: Sequence, n: int) -> torch.Tensor | None:
         """Feed the next `n` prompt tokens of `seq`. Returns the logits after the last prompt token
         when this chunk completes the prompt, else None."""
         start = seq.prefilled
-        device = self.cache.shape.device
-        dtype = self.cache.shape.dtype
-        ids = torch.tensor([seq.prompt_ids[start : start + n]], device=device)
-        positions = torch.arange(start, start + n, device=device)
-        # query i (absolute position start+i) sees keys 0..start+i
-        visible = torch.arange(start + n, device=device)[None, :] <= positions[:, None]
-        mask = torch.zeros(visible.shape, dtype=dtype, device=device)
-        mask.masked_fill_(~visible, torch.finfo(dtype).min)
-        view = self.cache.row_view(seq.row)
-        out = model(input_ids=ids, position_ids=positions[None, :], attention_mask=mask[None, None],
-                    cache=view, use_cache=True, logits_to_keep=1)
-        view.commit()
+        logits = row_forward(model, self.cache, seq.row, seq.prompt_ids[start : start + n], keep=1)
         seq.prefilled = start + n
-        return out.logits[0, -1] if seq.prefilled == len(seq.prompt_ids) else None
+        return logits[-1] if seq.prefilled == len(seq.prompt_ids) else None
 
-    def decode(self, model) -> torch.Tensor:
-        """One position for every row; returns logits [rows, vocab] in row order. Decoding rows
-        feed their last sampled token; the others a placeholder whose KV is not kept."""
+    def verify(self, model, seq: Sequence, tokens: list[int]) -> torch.Tensor:
+        """Speculative decoding's check: feed a decoding sequence's last token plus draft proposals
+        in one forward; logits `[len(tokens), vocab]`, one after each. The row then holds KV for
+        all of them; `truncate` drops the rejected ones."""
+        self.cache.reserve_length(self.cache.lengths[seq.row] + len(tokens))
+        return row_forward(model, self.cache, seq.row, tokens, keep=len(tokens))
+
+    def truncate(self, seq: Sequence, length: int) -> None:
+        """Keep the first `length` positions of a row's KV (the rest is masked and overwritten)."""
+        self.cache.lengths[seq.row] = length
+
+    def decode(self, model, decoding: list[Sequence]) -> torch.Tensor:
+        """One position for every row; returns logits [rows, vocab] in row order. The `decoding`
+        rows feed their last sampled token; the others (prefilling, or verified speculatively this
+        step) a placeholder whose KV is not kept."""
+        fed = {id(s) for s in decoding}
+        advanced = [id(s) in fed for s in self.rows]
         positions, mask = self.cache.decode_inputs()
-        feed = [[s.output_ids[-1] if s.decoding else self._placeholder] for s in self.rows]
+        feed = [[s.output_ids[-1] if a else self._placeholder] for s, a in zip(self.rows, advanced)]
         ids = torch.tensor(feed, device=positions.device)
         out = model(input_ids=ids, position_ids=positions, attention_mask=mask, cache=self.cache, use_cache=True)
-        self.cache.commit([s.decoding for s in self.rows])
+        self.cache.commit(advanced)
         return out.logits[:, -1]
+
+
+def row_forward(model, cache: SlotKVCache, row: int, tokens: list[int], keep: int) -> torch.Tensor:
+    """One forward of `tokens` after a row's valid KV, causally masked; the last `keep` logits
+    `[keep, vocab]`. The row then holds KV for the tokens too."""
+    start = cache.lengths[row]
+    n = len(tokens)
+    device = cache.shape.device
+    dtype = cache.shape.dtype
+    ids = torch.tensor([tokens], device=device)
+    positions = torch.arange(start, start + n, device=device)
+    # query i (absolute position start+i) sees keys 0..start+i
+    visible = torch.arange(start + n, device=device)[None, :] <= positions[:, None]
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~visible, torch.finfo(dtype).min)
+    view = cache.row_view(row)
+    out = model(input_ids=ids, position_ids=positions[None, :], attention_mask=mask[None, None],
+                cache=view, use_cache=True, logits_to_keep=keep)
+    view.commit()
+    return out.logits[0]

@@ -7,7 +7,10 @@ plus every decoding sequence. Run: one forward per prefill chunk, then ONE forwa
 batch (rows of a slotted KV cache, each with its own position and mask). Update: sample each
 sequence with its own generator, detokenize, check stops, emit; finished sequences leave (their KV
 filed in the prefix cache). Sequences join and leave at token granularity, and nothing one
-sequence does changes another's tokens.
+sequence does changes another's tokens. A greedy sequence given a draft model is verified
+speculatively (workers/speculative.py): its own forward over several drafted tokens per step,
+outside the batched decode, while few sequences decode (with many, batching already keeps the
+model busy and the extra forwards would cost the others).
 
 Why not transformers' own continuous batching (ContinuousBatchingManager / paged attention, as
 of 5.24): it samples inside its compiled forward with the global RNG and one `do_sample` for all
@@ -32,6 +35,7 @@ from workers.kv_cache import KVShape
 from workers.prefix_cache import PrefixCache
 from workers.sampling import make_generator, sample_next
 from workers.sequence import Sequence
+from workers.speculative import DraftState
 from workers.types import ContextLengthExceeded, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ _DONE = object()
 DEFAULT_PREFIX_CACHE_BYTES = 256 << 20
 DEFAULT_PREFILL_CHUNK_TOKENS = 256
 DEFAULT_IDLE_RELEASE_S = 2.0
+DEFAULT_SPECULATE_MAX_BATCH = 4
 
 
 class Engine:
@@ -49,13 +54,16 @@ class Engine:
     `prefill_chunk_tokens` bounds the prompt tokens prefilled per step while others are decoding,
     so a long prompt delays their next token by one chunk, not by the whole prompt;
     `idle_release_s`: after this long with nothing to run, the KV slots' memory is given back
-    (kept across shorter gaps, such as an agent's turns, to spare reallocating it).
+    (kept across shorter gaps, such as an agent's turns, to spare reallocating it);
+    `speculate_max_batch`: sequences with a draft are verified speculatively only while at most
+    this many sequences decode; beyond it they join the batched decode.
     """
 
     def __init__(self, name: str, model, tokenizer, device: str = "cpu", max_running: int = 64, *,
                  prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
                  prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
-                 idle_release_s: float = DEFAULT_IDLE_RELEASE_S):
+                 idle_release_s: float = DEFAULT_IDLE_RELEASE_S,
+                 speculate_max_batch: int = DEFAULT_SPECULATE_MAX_BATCH):
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -63,6 +71,7 @@ class Engine:
         self.max_running = max_running
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.idle_release_s = idle_release_s
+        self.speculate_max_batch = speculate_max_batch
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos_ids = _eos_ids(model, tokenizer)
         self._bos = getattr(model.config, "bos_token_id", None)
@@ -80,6 +89,9 @@ class Engine:
         self.busy_seconds = 0.0  # time spent in forward passes, for GPU-second attribution
         self.prefix_hit_tokens = 0  # prompt tokens whose KV was reused instead of computed
         self.prefill_tokens = 0  # prompt tokens computed
+        self.draft_proposed = 0  # speculative decoding: tokens drafted, and accepted by this model
+        self.draft_accepted = 0
+        self.speculative_steps = 0  # verify forwards
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -146,9 +158,11 @@ class Engine:
             )
         return room if req.max_tokens is None else req.max_tokens
 
-    async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, req: GenerationRequest, draft=None) -> AsyncIterator[GenerationChunk]:
         """Stream the answer; the last chunk carries finish_reason and exact token counts.
-        Closing the iterator early (client gone) frees the sequence's slot and KV at the next step."""
+        Closing the iterator early (client gone) frees the sequence's slot and KV at the next step.
+        `draft`: a model sharing this one's tokenizer that drafts `req.draft_tokens` tokens per
+        step for speculative decoding (greedy requests only; the output is the same either way)."""
         prompt_ids = self.encode(req)
         if not prompt_ids and self._bos is not None:
             prompt_ids = [self._bos]  # the model needs at least one token to predict from
@@ -163,6 +177,8 @@ class Engine:
                 seq.cancelled = True
 
         seq = Sequence(req, prompt_ids, max_new, StopTextStream(self.tokenizer, req.stop), make_generator(req.seed), emit)
+        if draft is not None and req.temperature <= 0.0 and req.draft_tokens > 0:
+            seq.draft = DraftState(draft, req.draft_tokens)
         if max_new == 0:
             yield GenerationChunk("", "length", len(prompt_ids), 0)
             return
@@ -195,7 +211,7 @@ class Engine:
                     out = self._run(plan)
                     self._update(plan, out)
                 except Exception as exc:  # the loop must outlive any one step: fail its sequences
-                    for seq in [*(s for s, _ in plan.prefill), *plan.decode]:
+                    for seq in [*(s for s, _ in plan.prefill), *plan.decode, *plan.speculate]:
                         if not seq.finished:
                             self._fail(seq, exc)
         with self._wake:
@@ -229,8 +245,11 @@ class Engine:
         for seq in admitted:
             self._admit(seq)
         plan = StepPlan(decode=[s for s in self._running if s.decoding])
+        if len(plan.decode) <= self.speculate_max_batch:
+            plan.speculate = [s for s in plan.decode if s.draft is not None]
+            plan.decode = [s for s in plan.decode if s.draft is None]
         # nobody waits on a decode token when no one decodes: prefill whole prompts then
-        budget = self.prefill_chunk_tokens if plan.decode else max(self.prefill_chunk_tokens, self.context_length)
+        budget = self.prefill_chunk_tokens if plan.decode or plan.speculate else max(self.prefill_chunk_tokens, self.context_length)
         for seq in self._running:
             if not seq.decoding and budget > 0:
                 n = min(seq.prompt_left, budget)
@@ -253,7 +272,7 @@ class Engine:
                 out.prefill_logits[id(seq)] = logits
         if plan.decode:
             try:
-                logits = self._batch.decode(self.model)
+                logits = self._batch.decode(self.model, plan.decode)
                 out.decode_logits = {id(s): logits[s.row] for s in plan.decode}
                 if any(s.req.temperature <= 0.0 for s in plan.decode):
                     greedy = logits.argmax(-1).tolist()  # one call (and one device sync) for every greedy row
@@ -261,8 +280,33 @@ class Engine:
             except Exception as exc:
                 out.failed.extend((seq, exc) for seq in plan.decode)
         out.seconds = time.perf_counter() - started
-        self.busy_seconds += out.seconds
+        for seq in plan.speculate:
+            begun = time.perf_counter()
+            try:
+                out.speculated[id(seq)] = self._speculate(seq)
+            except Exception as exc:
+                out.failed.append((seq, exc))
+            out.speculate_seconds[id(seq)] = time.perf_counter() - begun
+        self.busy_seconds += out.seconds + sum(out.speculate_seconds.values())
         return out
+
+    def _speculate(self, seq: Sequence) -> list[int]:
+        """One speculative step for a greedy sequence: draft, verify in one forward, keep the KV
+        of what was accepted. Returns the tokens to emit (1 .. draft_tokens + 1)."""
+        from workers.speculative import accepted_prefix
+
+        fed = self._batch.cache.lengths[seq.row]  # KV positions before this step
+        # never draft past what the sequence may still emit (the verify adds one token of its own)
+        k = min(seq.draft.tokens, seq.max_new_tokens - seq.generated - 1)
+        proposals = seq.draft.propose(seq.prompt_ids + seq.output_ids, k) if k > 0 else []
+        logits = self._batch.verify(self.model, seq, [seq.output_ids[-1], *proposals])
+        tokens = accepted_prefix(proposals, logits.argmax(-1).tolist())
+        self._batch.truncate(seq, fed + len(tokens))  # the last token's KV comes with the next step
+        seq.draft.accepted += len(tokens) - 1
+        self.draft_proposed += len(proposals)
+        self.draft_accepted += len(tokens) - 1
+        self.speculative_steps += 1
+        return tokens
 
     def _update(self, plan: StepPlan, out: StepOutput) -> None:
         """Attribute the step's time, sample each sequence's next token, stream it, retire finished ones."""
@@ -271,6 +315,8 @@ class Engine:
             seq.gpu_seconds += out.seconds * n / consumed
         for seq in plan.decode:
             seq.gpu_seconds += out.seconds / consumed
+        for seq in plan.speculate:
+            seq.gpu_seconds += out.speculate_seconds.get(id(seq), 0.0)
         for seq, exc in out.failed:
             self._fail(seq, exc)
 
@@ -285,7 +331,11 @@ class Engine:
                     produced.append((seq, self._sample(seq, logits)))
             except Exception as exc:  # a request's own sampling failure fails that request only
                 self._fail(seq, exc)
+        for seq in plan.speculate:
+            produced.extend((seq, token) for token in out.speculated.get(id(seq), ()))
         for seq, token in produced:  # sampled first, so rows moving as others leave cannot mix them up
+            if seq.finished:  # a speculative run that hit a stop drops the tokens after it
+                continue
             try:
                 self._advance(seq, token)
             except Exception as exc:

@@ -98,9 +98,15 @@ class SlotKVCache:
         self.lengths.pop()
         return moved
 
-    def export(self, row: int) -> torch.Tensor:
-        """A compact copy `[layers, 2, heads, len, dim]` of a row's valid KV (for the prefix cache)."""
-        return self.data[:, :, row, :, : self.lengths[row]].clone()
+    def export(self, row: int, length: int | None = None) -> torch.Tensor:
+        """A compact copy `[layers, 2, heads, len, dim]` of a row's valid KV (for the prefix cache),
+        or of its first `length` positions."""
+        n = self.lengths[row] if length is None else min(length, self.lengths[row])
+        return self.data[:, :, row, :, :n].clone()
+
+    def reserve_length(self, length: int) -> None:
+        """Room for `length` positions in every row (a multi-token forward on one row needs it)."""
+        self._reserve(self.rows, length)
 
     def release(self) -> None:
         """Give the storage back (only when no row is left)."""

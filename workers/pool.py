@@ -95,6 +95,8 @@ class ModelPool:
         self._info: dict[str, ModelInfo] = {}
         self._footprints: dict[str, Footprint] = {}
         self._tokenizers: dict[str, object] = {}
+        self._draft_checks: dict[tuple[str, str], bool] = {}  # (model, draft) -> same tokenizer
+        self._warned: set[tuple] = set()
         self._room = asyncio.Event()
         self.loads = {"cold": 0, "warm": 0}
         self.load_seconds = {"cold": 0.0, "warm": 0.0}
@@ -143,6 +145,8 @@ class ModelPool:
             "measured_weight_bytes": {n: r.measured_weight_bytes for n, r in self._resident.items()},
             "kv_bytes": {n: r.engine.kv_bytes for n, r in self._resident.items()},
             "prefix_hit_tokens": {n: r.engine.prefix_hit_tokens for n, r in self._resident.items()},
+            "draft_tokens": {n: {"proposed": r.engine.draft_proposed, "accepted": r.engine.draft_accepted}
+                             for n, r in self._resident.items() if r.engine.draft_proposed},
             "loading": list(self._loading),
             "in_flight": {k: v for k, v in self._in_flight.items() if v},
             "queue_depth": {k: v for k, v in self._waiting_for_load.items() if v},
@@ -163,15 +167,57 @@ class ModelPool:
         if model not in self.specs:
             raise ModelNotFound(f"The model '{model}' does not exist", model=model)
         self._in_flight[model] = self._in_flight.get(model, 0) + 1
+        draft = None
         try:
             resident = await self._resident_model(model)
             self.policy.touch(model, resident.reserved, resident.load_seconds)
-            async for chunk in resident.engine.generate(req):
+            draft = self._draft_for(model, req)
+            async for chunk in resident.engine.generate(req, draft=draft.engine.model if draft else None):
                 chunk.replica = self.replica_id
                 yield chunk
         finally:
             self._in_flight[model] -= 1
+            if draft is not None:
+                self._in_flight[req.draft_model] -= 1
             self._room_changed()  # an idle model can be evicted for a waiting load now
+
+    def _draft_for(self, model: str, req: GenerationRequest) -> Resident | None:
+        """The resident draft model for a speculative request, held in flight (not evictable)
+        by the caller until the stream ends; None when the request does not speculate. A draft
+        that is not resident is loaded in the background and this request decodes without it:
+        speculation may make an answer faster, never later."""
+        name = req.draft_model
+        if not name or req.temperature > 0.0 or name == model:
+            return None
+        if name not in self.specs:
+            self._warn_once(("draft", name), "draft model %r is not a pool model; decoding %s without it", name, model)
+            return None
+        draft = self._resident.get(name)
+        if draft is None:
+            if name not in self._loading:
+                task = asyncio.ensure_future(self._resident_model(name))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failure: logged by _load
+            return None
+        if not self._drafts_compatible(model, name):
+            return None
+        self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        self.policy.touch(name, draft.reserved, draft.load_seconds)
+        return draft
+
+    def _drafts_compatible(self, model: str, draft: str) -> bool:
+        from workers.speculative import tokenizers_match
+
+        key = (model, draft)
+        if key not in self._draft_checks:
+            self._draft_checks[key] = tokenizers_match(self._tokenizers[model], self._tokenizers[draft])
+            if not self._draft_checks[key]:
+                log.warning("draft model %s does not share %s's tokenizer; not speculating with it", draft, model)
+        return self._draft_checks[key]
+
+    def _warn_once(self, key: tuple, message: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
 
     async def _resident_model(self, model: str) -> Resident:
         resident = self._resident.get(model)

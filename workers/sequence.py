@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from workers.detok import StopTextStream
 from workers.types import GenerationRequest
+
+if TYPE_CHECKING:
+    from workers.speculative import DraftState
 
 
 @dataclass
@@ -31,6 +34,7 @@ class Sequence:
     prefilled: int = 0  # prompt tokens whose KV exists (reused or computed)
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     gpu_seconds: float = 0.0
+    draft: DraftState | None = None  # speculative decoding (greedy sequences on a route with a draft)
     cancelled: bool = False
     finished: bool = False
 

@@ -22,6 +22,10 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     session_id: str | None = None
+    # speculative decoding, set by the route: a pool model sharing this model's tokenizer drafts
+    # `draft_tokens` tokens per step (greedy requests only; the answer is the same without it)
+    draft_model: str | None = None
+    draft_tokens: int = 4
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):

@@ -37,6 +37,11 @@ class ZooModel:
     heads: int
     intermediate: int
     seed: int
+    # The speculative-decoding demo pair (see QUIET_SCALE): a target whose layers from `quiet_from`
+    # on write little into the residual stream, and a draft that is the target's first `layers`
+    # layers (`draft_of`), with the same embeddings, head and tokenizer.
+    quiet_from: int | None = None
+    draft_of: str | None = None
 
     def parameter_count(self) -> int:
         per_layer = 4 * self.hidden * self.hidden + 3 * self.hidden * self.intermediate + 2 * self.hidden
@@ -59,8 +64,18 @@ ZOO: tuple[ZooModel, ...] = (
     ZooModel("mux-10m-c", 256, 10, 4, 688, seed=17),
     ZooModel("mux-20m-b", 384, 10, 6, 1024, seed=15),
     ZooModel("mux-50m-b", 512, 14, 8, 1408, seed=16),
+    ZooModel("mux-40m", 512, 12, 8, 1408, seed=21, quiet_from=2),
+    ZooModel("mux-40m-draft", 512, 2, 8, 1408, seed=21, draft_of="mux-40m"),
 )
 ZOO_BY_NAME = {m.name: m for m in ZOO}
+
+# Random models agree on nothing, so no small random model could draft for a large one. A trained
+# draft agrees with its target on most tokens because the target's later layers mostly refine
+# what its early layers already predict; the demo pair imitates that by scaling the output
+# projections of the target's later layers by this factor. Its draft (the first two layers)
+# then predicts the target's greedy token ~60% of the time on the shipped corpus (a trained draft's
+# rate depends on the pair and the text; the bench prints the rate it measured).
+QUIET_SCALE = 0.03
 
 
 def train_tokenizer():
@@ -114,17 +129,14 @@ def build_model(spec: ZooModel, tokenizer, out_dir: Path) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
-    config = _llama_config(spec, tokenizer)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model.to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(spec.seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.fill_(1.0)
-            else:
-                param.normal_(0.0, 0.02, generator=gen)
+    if spec.draft_of is not None:
+        # the draft is the target's first layers: build the target's weights and keep those
+        target = _random_model(ZOO_BY_NAME[spec.draft_of], tokenizer)
+        with torch.device("meta"):
+            model = LlamaForCausalLM(_llama_config(spec, tokenizer))
+        model.load_state_dict(target.state_dict(), strict=False, assign=True)
+    else:
+        model = _random_model(spec, tokenizer)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -133,6 +145,28 @@ def build_model(spec: ZooModel, tokenizer, out_dir: Path) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)  # atomic: a crash mid-build never leaves a half-written model behind
     return out_dir
+
+
+def _random_model(spec: ZooModel, tokenizer):
+    """The model's weights from its seed, on the CPU."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(_llama_config(spec, tokenizer))
+    model.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=gen)
+        if spec.quiet_from is not None:
+            for layer in model.model.layers[spec.quiet_from:]:
+                layer.self_attn.o_proj.weight.mul_(QUIET_SCALE)
+                layer.mlp.down_proj.weight.mul_(QUIET_SCALE)
+    return model
 
 
 def is_built(model_dir: Path) -> bool:
