@@ -174,7 +174,10 @@ class PoolConfig(Strict):
         0, ge=0, description="Host memory (MiB) per replica for warm copies of evicted models (pinned on GPUs); 0 disables the warm tier.")
     eviction: Literal["gdsf", "lru"] = Field(
         "gdsf", description="Which idle model to evict: `gdsf` (GreedyDual-Size-Frequency: reload cost, size, popularity) or `lru`.")
-    kv_reserve_tokens: int = Field(2048, ge=0, description="KV-cache tokens reserved per resident model, counted in its footprint.")
+    kv_reserve_tokens: int = Field(
+        2048, ge=1, description="KV-cache tokens reserved per resident model, counted in its footprint. The model's "
+        "running batch never holds more: requests wait for room, and one longer than this (prompt + max_tokens) is "
+        "refused as a context overflow.")
     prefix_cache_mb: float = Field(
         64, ge=0, description="Per resident model: MiB of finished sequences' KV kept for prompts that extend them "
         "(agent steps, chat turns); counted in its footprint. 0 disables prefix reuse.")

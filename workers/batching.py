@@ -40,8 +40,9 @@ class RunningBatch:
     prefilling feed a placeholder that costs a row of compute and is overwritten by their prefill,
     which keeps rows dense and a sequence's KV in one place from admission to exit."""
 
-    def __init__(self, shape: KVShape, max_rows: int, max_len: int, placeholder_token: int = 0):
-        self.cache = SlotKVCache(shape, max_rows, max_len)
+    def __init__(self, shape: KVShape, max_rows: int, max_len: int, placeholder_token: int = 0,
+                 max_bytes: int | None = None):
+        self.cache = SlotKVCache(shape, max_rows, max_len, max_bytes)
         self.rows: list[Sequence] = []
         self._placeholder = placeholder_token
 

@@ -56,14 +56,19 @@ class Engine:
     `idle_release_s`: after this long with nothing to run, the KV slots' memory is given back
     (kept across shorter gaps, such as an agent's turns, to spare reallocating it);
     `speculate_max_batch`: sequences with a draft are verified speculatively only while at most
-    this many sequences decode; beyond it they join the batched decode.
+    this many sequences decode; beyond it they join the batched decode;
+    `kv_budget_bytes`: the most the running batch's KV may hold (the pool's reservation for it).
+    A sequence is admitted only when every admitted one could reach its full length (prompt +
+    max_tokens) within it, so the batch never outgrows it; one that could not fit even alone is
+    refused like a context overflow. None: bounded by `max_running` and the context only.
     """
 
     def __init__(self, name: str, model, tokenizer, device: str = "cpu", max_running: int = 64, *,
                  prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
                  prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
                  idle_release_s: float = DEFAULT_IDLE_RELEASE_S,
-                 speculate_max_batch: int = DEFAULT_SPECULATE_MAX_BATCH):
+                 speculate_max_batch: int = DEFAULT_SPECULATE_MAX_BATCH,
+                 kv_budget_bytes: int | None = None):
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -80,7 +85,10 @@ class Engine:
         if window and window < self.context_length:
             log.warning("engine %s: the model's %d-token sliding window is not applied by the batched "
                         "engine's masks; sequences longer than it will differ from model.generate", name, window)
-        self._batch = RunningBatch(self._shape, max_running, self.context_length, placeholder_token=self._bos or 0)
+        # positions the KV budget holds: rows x longest row of the dense batch may not exceed it
+        self.kv_budget_tokens = None if kv_budget_bytes is None else kv_budget_bytes // self._shape.bytes_per_token
+        self._batch = RunningBatch(self._shape, max_running, self.context_length, placeholder_token=self._bos or 0,
+                                   max_bytes=kv_budget_bytes)
         self._prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []  # admitted: prefilling or decoding
@@ -145,15 +153,16 @@ class Engine:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def budget(self, prompt_ids: list[int], req: GenerationRequest) -> int:
-        """How many tokens may be generated; refuses what the context cannot hold."""
-        room = self.context_length - len(prompt_ids)
+        """How many tokens may be generated; refuses what the context (or the KV budget) cannot hold."""
+        limit = self.context_length if self.kv_budget_tokens is None else min(self.context_length, self.kv_budget_tokens)
+        room = limit - len(prompt_ids)
         if room <= 0 or (req.max_tokens is not None and req.max_tokens > room):
             asked = len(prompt_ids) + (req.max_tokens or 0)
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {self.context_length} tokens. However, you "
+                f"This model's maximum context length is {limit} tokens. However, you "
                 f"requested {asked} tokens ({len(prompt_ids)} in the prompt, {req.max_tokens or 0} in the "
                 "completion). Please reduce the prompt or max_tokens.",
-                context_length=self.context_length,
+                context_length=limit,
                 prompt_tokens=len(prompt_ids),
             )
         return room if req.max_tokens is None else req.max_tokens
@@ -231,7 +240,7 @@ class Engine:
                         self._release(seq)
                 self._running = [s for s in self._running if not (s.finished or s.cancelled)]
                 admitted = []
-                while self._waiting and len(self._running) < self.max_running:
+                while self._waiting and len(self._running) < self.max_running and self._kv_fits(self._waiting[0]):
                     seq = self._waiting.popleft()
                     if not seq.cancelled:
                         self._running.append(seq)
@@ -256,6 +265,15 @@ class Engine:
                 plan.prefill.append((seq, n))
                 budget -= n
         return plan
+
+    def _kv_fits(self, seq: Sequence) -> bool:
+        """Whether admitting `seq` keeps the batch's worst case (every admitted sequence at its full
+        length, rows of the dense cache as long as the longest) within the KV budget. First come,
+        first served: a sequence that does not fit waits, and so do those behind it."""
+        if self.kv_budget_tokens is None or seq.cancelled:
+            return True
+        longest = max(len(s.prompt_ids) + s.max_new_tokens for s in (*self._running, seq))
+        return (len(self._running) + 1) * longest <= self.kv_budget_tokens
 
     def _run(self, plan: StepPlan) -> StepOutput:
         """The model calls: each prefill chunk, then one forward for every row."""

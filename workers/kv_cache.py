@@ -51,12 +51,16 @@ class KVShape:
 
 class SlotKVCache:
     """Dense rows `0..rows-1`, one per sequence. Capacity (rows and positions) grows on demand up
-    to `max_rows` / `max_len`; `release` gives it back once no row is left."""
+    to `max_rows` / `max_len`, and never past `max_bytes` (growth ahead of need is clamped to it;
+    the engine admits sequences so that need never exceeds it); `release` gives it back once no
+    row is left."""
 
-    def __init__(self, shape: KVShape, max_rows: int, max_len: int):
+    def __init__(self, shape: KVShape, max_rows: int, max_len: int, max_bytes: int | None = None):
         self.shape = shape
         self.max_rows = max_rows
         self.max_len = max_len
+        self.max_bytes = max_bytes
+        self.peak_nbytes = 0  # the largest allocation so far
         self.data: torch.Tensor | None = None
         self.lengths: list[int] = []  # valid positions per row; the row count is len(lengths)
         # set by decode_inputs for the forward that follows: where each row writes, and the width
@@ -158,11 +162,23 @@ class SlotKVCache:
         new_len = have_len
         if length > have_len:
             new_len = max(length, min(self.max_len, max(_round_up(length, _GROW_TOKENS), 2 * have_len)))
+        if self.max_bytes is not None and self._bytes(new_rows, new_len) > self.max_bytes:
+            # no room to grow ahead: exactly what is needed now (rows in use, positions in use)
+            new_rows = max(rows, self.rows)
+            new_len = max(length, max(self.lengths, default=0))
+            if self._bytes(new_rows, new_len) > self.max_bytes:
+                raise RuntimeError(f"KV cache needs {self._bytes(new_rows, new_len)} bytes, over its "
+                                   f"budget of {self.max_bytes}")
         # zeroed, not empty: masked positions are still multiplied (by 0), and garbage may be NaN
         grown = self.shape.zeros(new_rows, new_len)
         if self.data is not None:
-            grown[:, :, :have_rows, :, :have_len] = self.data
+            keep_rows, keep_len = min(have_rows, new_rows), min(have_len, new_len)
+            grown[:, :, :keep_rows, :, :keep_len] = self.data[:, :, :keep_rows, :, :keep_len]
         self.data = grown
+        self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
+
+    def _bytes(self, rows: int, length: int) -> int:
+        return rows * length * self.shape.bytes_per_token
 
 
 class RowKV:

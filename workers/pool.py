@@ -336,8 +336,10 @@ class ModelPool:
             log.warning("%s: measured %d weight bytes, predicted %d", model, measured, predicted.weight_bytes)
         if tokenizer is not None:
             self._tokenizers[model] = tokenizer.result()
+        # the engine's running batch stays within the KV reserve this model was admitted with
         engine = Engine(model, weights, self._tokenizers[model], device=self.device,
-                        max_running=self.max_running_per_model, prefix_cache_bytes=self.prefix_cache_bytes)
+                        max_running=self.max_running_per_model, prefix_cache_bytes=self.prefix_cache_bytes,
+                        kv_budget_bytes=predicted.kv_bytes_per_token * self.kv_reserve_tokens)
         self.loads[kind] += 1
         self.load_seconds[kind] += seconds
         self.loaded_bytes[kind] += measured

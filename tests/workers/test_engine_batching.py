@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workers.engine import Engine
-from workers.types import GenerationRequest
+from workers.types import ContextLengthExceeded, GenerationRequest
 
 PROMPTS = [
     "The quick brown fox",
@@ -198,3 +198,36 @@ def test_a_grouped_query_attention_model_batches_exactly(zoo_dir):
         assert all(chunks[-1].completion_tokens > 0 for chunks in outs) and any(text(c) for c in outs)
     finally:
         eng.close()
+
+
+def test_the_running_batch_never_outgrows_its_kv_budget(zoo_dir):
+    """Six requests of 40 + 24 tokens against room for three such rows: they queue, all finish with
+    the answers they would get alone, and the KV tensor never exceeds the budget."""
+    torch.set_num_threads(1)
+    probe = Engine.load("mux-5m", str(zoo_dir / "mux-5m"))
+    per_token = probe.kv_bytes_per_token
+    probe.close()
+    budget = 3 * 70 * per_token
+    eng = Engine.load("mux-5m", str(zoo_dir / "mux-5m"), kv_budget_bytes=budget)
+    try:
+        prompts = [("word " * 40)[: 160 + i] for i in range(6)]
+        lengths = [len(eng.encode(GenerationRequest("n", prompt=p))) for p in prompts]
+        assert all(n + 24 <= 70 for n in lengths)
+
+        async def go():
+            async def one(p):
+                return "".join([c.text async for c in eng.generate(GenerationRequest("b", prompt=p, max_tokens=24,
+                                                                                     temperature=0))])
+            return await asyncio.gather(*[one(p) for p in prompts])
+
+        outs = asyncio.run(go())
+        assert outs == [reference(eng, p, 24) for p in prompts]
+        assert 0 < eng._batch.cache.peak_nbytes <= budget
+        with pytest.raises(ContextLengthExceeded, match="maximum context length is 210 tokens"):
+            asyncio.run(go_one(eng, "hi", max_tokens=300))
+    finally:
+        eng.close()
+
+
+async def go_one(engine, prompt, **kw):
+    return [c async for c in engine.generate(GenerationRequest("x", prompt=prompt, **kw))]
