@@ -94,12 +94,14 @@ def latency_summary(timings: list[Timing]) -> dict:
 # ---- the two systems ---------------------------------------------------------------------------
 
 
-async def engine_request(engine, job: Job, request_id: str, draft=None, texts: list | None = None) -> Timing:
+async def engine_request(engine, job: Job, request_id: str, draft=None, texts: list | None = None,
+                         draft_tokens: int = 4) -> Timing:
     """One greedy request through the engine (speculative with `draft`); its text goes to `texts`."""
     from workers.types import GenerationRequest
 
     timing = Timing(time.perf_counter())
-    req = GenerationRequest(request_id, prompt=job.prompt, max_tokens=job.max_tokens, temperature=0)
+    req = GenerationRequest(request_id, prompt=job.prompt, max_tokens=job.max_tokens, temperature=0,
+                            draft_tokens=draft_tokens)
     parts = []
     async for chunk in engine.generate(req, draft=draft):
         timing.arrivals.append((time.perf_counter(), chunk.completion_tokens))

@@ -30,11 +30,12 @@ from loadtests.engine_bench import engine_request, make_jobs
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_engine(engine, jobs, draft=None) -> tuple[float, int, list[str]]:
+def run_engine(engine, jobs, draft=None, draft_tokens: int = 4) -> tuple[float, int, list[str]]:
     texts: list[str] = []
 
     async def go():
-        return [await engine_request(engine, job, f"spec-{i}", draft=draft, texts=texts) for i, job in enumerate(jobs)]
+        return [await engine_request(engine, job, f"spec-{i}", draft=draft, texts=texts, draft_tokens=draft_tokens)
+                for i, job in enumerate(jobs)]
 
     engine.clear_prefix_cache()  # each round computes its prompts (no reuse from the other system's round)
     started = time.perf_counter()
@@ -86,11 +87,11 @@ def main() -> None:
     # every request runs to max_tokens (no early stop), so all systems emit the same token counts
     engine.eos_ids = set()
     jobs = make_jobs(n_jobs, args.seed, (64, 64))
-    run_engine(engine, jobs[:1]), run_engine(engine, jobs[:1], draft)  # warm-up
+    run_engine(engine, jobs[:1]), run_engine(engine, jobs[:1], draft, args.draft_tokens)  # warm-up
 
     systems = {
         "engine": lambda: run_engine(engine, jobs),
-        "engine_speculative": lambda: run_engine(engine, jobs, draft),
+        "engine_speculative": lambda: run_engine(engine, jobs, draft, args.draft_tokens),
         "hf_assisted": lambda: run_hf_assisted(engine, draft, jobs, args.draft_tokens, torch),
     }
     rates: dict[str, list[float]] = {name: [] for name in systems}
