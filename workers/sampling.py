@@ -26,7 +26,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
         keep = cumulative - sorted_probs < top_p
         keep[0] = True  # a top_p so small that nothing qualifies still keeps the top token
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-        choice = torch.multinomial(sorted_probs.cpu(), 1, generator=gen)
-        return int(order[choice.to(order.device)].item())
+        # draw in vocabulary order, not sorted order: a random model's probabilities are near-ties,
+        # and float noise from the batch's shape (another kernel, another summation order) would
+        # reorder them and send the same seeded draw to another token
+        probs = torch.zeros_like(probs).scatter_(0, order, torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs)))
     return int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
