@@ -56,6 +56,26 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class InferenceRoutes:
+    """POST /v1/chat/completions and /v1/completions straight to their handlers, past
+    Starlette's exception middleware, router and per-route wrappers: each layer wraps every
+    message sent, and together they cost more than auth. Anything else goes on to the app;
+    ServerErrorMiddleware still wraps both paths."""
+
+    def __init__(self, app, endpoints: dict):
+        self.app = app
+        self.endpoints = endpoints  # path -> the same endpoint function its Route calls
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.endpoints.get(scope["path"])
+            if endpoint is not None:
+                response = await endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class Gateway:
     """Everything a handler needs, built once."""
 
@@ -202,9 +222,9 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
             await gateway.tenancy.close()
         await backend.close()
 
+    inference = {"/v1/chat/completions": _endpoint(chat_completions), "/v1/completions": _endpoint(completions)}
     routes = [
-        Route("/v1/chat/completions", _endpoint(chat_completions), methods=["POST"]),
-        Route("/v1/completions", _endpoint(completions), methods=["POST"]),
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in inference.items()),
         Route("/v1/models", _endpoint(list_models), methods=["GET"]),
         Route("/healthz", _endpoint(healthz), methods=["GET"]),
         Route("/metrics", _endpoint(metrics), methods=["GET"]),
@@ -214,5 +234,6 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_exception})
     app.state.gateway = gateway
+    app.add_middleware(InferenceRoutes, endpoints=inference)  # inner: runs after the request id is set
     app.add_middleware(RequestIdMiddleware)
     return app

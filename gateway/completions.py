@@ -346,6 +346,8 @@ class CompletionService:
 
     def _log(self, trace: RequestTrace) -> None:
         """One line per request; ids and numbers only, never the key or the text."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info("request finished", extra={
             "request_id": trace.request_id, "endpoint": trace.endpoint, "team": trace.principal.team_id,
             "key_id": trace.principal.key_id, "requested_model": trace.requested_model, "model": trace.decision.model,
@@ -356,13 +358,11 @@ class CompletionService:
             "overhead_ms": trace.extra.get("overhead_ms")})
 
     def _record_metrics(self, trace: RequestTrace) -> None:
-        m, model, route = self.metrics, trace.decision.model, trace.decision.reason
-        m.requests.labels(trace.endpoint, model, route, trace.status).inc()
-        m.latency.labels(model, route).observe(trace.finished_at - trace.started)
-        if trace.first_token_at is not None:
-            m.ttft.labels(model, route).observe(trace.first_token_at - trace.started)
-        m.tokens.labels(model, "prompt").inc(trace.prompt_tokens)
-        m.tokens.labels(model, "completion").inc(trace.completion_tokens)
+        self.metrics.request_finished(
+            trace.endpoint, trace.decision.model, trace.decision.reason, trace.status,
+            trace.finished_at - trace.started,
+            None if trace.first_token_at is None else trace.first_token_at - trace.started,
+            trace.prompt_tokens, trace.completion_tokens)
 
 
 async def _wait_disconnect(request: Request) -> None:

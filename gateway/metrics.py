@@ -25,5 +25,26 @@ class GatewayMetrics:
         self.in_flight = Gauge("muxgate_requests_in_flight", "Requests being served now.", registry=r)
         self.errors = Counter("muxgate_errors", "Error responses by status and code.", ["status", "code"], registry=r)
 
+        self._children: dict[tuple, tuple] = {}  # label values -> the metric children they select
+
+    def request_finished(self, endpoint: str, model: str, route: str, status: str, latency_s: float,
+                         ttft_s: float | None, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count one finished request. The labelled children are looked up once per label set:
+        `labels()` takes a lock and validates every time, a dict lookup does not."""
+        key = (endpoint, model, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(endpoint, model, route, status), self.latency.labels(model, route),
+                self.ttft.labels(model, route), self.tokens.labels(model, "prompt"),
+                self.tokens.labels(model, "completion"))
+        requests, latency, ttft, prompt, completion = children
+        requests.inc()
+        latency.observe(latency_s)
+        if ttft_s is not None:
+            ttft.observe(ttft_s)
+        prompt.inc(prompt_tokens)
+        completion.inc(completion_tokens)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

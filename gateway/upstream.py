@@ -16,6 +16,8 @@ import aiohttp
 from gateway.errors import BackendFailed, BackendUnavailable, BadRequest, RateLimited
 from workers.types import GenerationChunk, GenerationRequest, ModelInfo
 
+_decode = json.JSONDecoder().decode
+
 
 class UpstreamBackend:
     """One upstream model: `base_url` (ending in /v1) and the model name it knows it by."""
@@ -76,17 +78,30 @@ class UpstreamBackend:
             await self._session.close()
 
 
+async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict]:
+    """The stream's data events, until [DONE]. Reads whatever the network delivers and splits
+    the lines itself: a readline per SSE line cost the gateway several times more CPU."""
+    pending = b""
+    async for piece in resp.content.iter_any():
+        lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
+        pending = lines.pop()  # an incomplete last line waits for the next piece
+        for raw in lines:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            yield _decode(data.decode("utf-8"))
+    line = pending.strip()
+    if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+        yield _decode(line[5:].strip().decode("utf-8"))
+
+
 async def _parse_stream(resp: aiohttp.ClientResponse, started: float) -> AsyncIterator[GenerationChunk]:
     prompt_tokens = completion_tokens = 0
     finish = None
-    async for raw in resp.content:  # one SSE line at a time
-        line = raw.decode("utf-8").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            break
-        event = json.loads(data)
+    async for event in _sse_events(resp):
         if "error" in event:
             raise BackendFailed(f"upstream error: {event['error'].get('message', 'unknown')}")
         if event.get("usage"):

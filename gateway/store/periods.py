@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 
 BUDGET_PERIODS = ("daily", "monthly", "total")
 SECONDS_PER_HOUR = 3600
@@ -24,7 +25,15 @@ class PeriodWindow:
 
 def period_window(period: str, now: float) -> PeriodWindow:
     """Return the window of ``period`` ("daily" | "monthly" | "total") containing ``now``."""
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    if period == "total":
+        return TOTAL
+    # Every window starts at a UTC midnight, so the day decides it (cached: two per request).
+    return _window_of_day(period, int(now // 86400))
+
+
+@lru_cache(maxsize=64)
+def _window_of_day(period: str, day: int) -> PeriodWindow:
+    moment = datetime.fromtimestamp(day * 86400, tz=timezone.utc)
     if period == "daily":
         start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
         end = datetime.fromtimestamp(start.timestamp() + 86400, tz=timezone.utc)
@@ -36,9 +45,10 @@ def period_window(period: str, now: float) -> PeriodWindow:
         else:
             end = start.replace(month=start.month + 1)
         return PeriodWindow(f"m{start:%Y-%m}", start.timestamp(), end.timestamp())
-    if period == "total":
-        return PeriodWindow("total", 0.0, None)
     raise ValueError(f"unknown budget period {period!r}")
+
+
+TOTAL = PeriodWindow("total", 0.0, None)
 
 
 def hour_bucket(t: float) -> int:

@@ -65,14 +65,20 @@ def _existing(row: sqlite3.Row, model: str) -> Reservation:
 
 
 def reserve(conn: sqlite3.Connection, principal: Principal, model: str, cost: int, tokens: int,
-            now: float, rid: str, ttl_s: float) -> Reservation | Denial:
-    """Check and take budgets and rate limits for one request, all or nothing."""
+            now: float, rid: str, ttl_s: float, sweep: bool = True) -> Reservation | Denial:
+    """Check and take budgets and rate limits for one request, all or nothing.
+
+    ``sweep``: also delete every expired reservation (they no longer count either way; the
+    store sweeps now and then rather than on every request)."""
     with immediate(conn):
-        conn.execute("DELETE FROM reservations WHERE expires_at <= ?", (now,))
+        if sweep:
+            conn.execute("DELETE FROM reservations WHERE expires_at <= ?", (now,))
         # Idempotent per request id: a retried call returns the reservation it already made.
         existing = conn.execute("SELECT * FROM reservations WHERE id = ?", (rid,)).fetchone()
         if existing is not None:
-            return _existing(existing, model)
+            if existing["expires_at"] > now:
+                return _existing(existing, model)
+            conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
         team_row = conn.execute("SELECT * FROM teams WHERE id = ?",
                                 (principal.team_id,)).fetchone()
         key_row = conn.execute("SELECT * FROM api_keys WHERE id = ?",
@@ -118,9 +124,10 @@ def reserve(conn: sqlite3.Connection, principal: Principal, model: str, cost: in
         conn.execute("INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                      (rid, team.id, key.id, team_window.key, key_window.key, cost, tokens, now,
                       expires))
-        conn.executemany(
-            "INSERT INTO rate_state VALUES (?, ?, ?, ?) ON CONFLICT (scope, owner_id, kind) "
-            "DO UPDATE SET tat_ms = excluded.tat_ms", new_states)
+        if new_states:
+            conn.executemany(
+                "INSERT INTO rate_state VALUES (?, ?, ?, ?) ON CONFLICT (scope, owner_id, kind) "
+                "DO UPDATE SET tat_ms = excluded.tat_ms", new_states)
     return Reservation(id=rid, team_id=team.id, key_id=key.id, model=model,
                        cost_usd=micros_to_usd(cost), tokens=tokens, created_at=now,
                        expires_at=expires, team_period=team_window.key, key_period=key_window.key)
@@ -170,12 +177,14 @@ def settle(conn: sqlite3.Connection, reservation: Reservation, record: UsageReco
 def _refund_tokens(conn: sqlite3.Connection, reservation: Reservation, unused: int,
                    now: float) -> None:
     """Give unused worst-case tokens back to the team's and key's TPM limits."""
-    for scope, owner, table in (("team", reservation.team_id, "teams"),
-                                ("key", reservation.key_id, "api_keys")):
-        row = conn.execute(f"SELECT tpm_limit FROM {table} WHERE id = ?", (owner,)).fetchone()
-        if row is None or row[0] is None:
+    limits = conn.execute("SELECT (SELECT tpm_limit FROM teams WHERE id = ?), "
+                          "(SELECT tpm_limit FROM api_keys WHERE id = ?)",
+                          (reservation.team_id, reservation.key_id)).fetchone()
+    for scope, owner, limit in (("team", reservation.team_id, limits[0]),
+                                ("key", reservation.key_id, limits[1])):
+        if limit is None:
             continue
-        tat = ratelimit.refund(_tat(conn, scope, owner, "tpm"), row[0], unused, now * 1000.0)
+        tat = ratelimit.refund(_tat(conn, scope, owner, "tpm"), limit, unused, now * 1000.0)
         if tat is not None:
             conn.execute("UPDATE rate_state SET tat_ms = ? WHERE scope = ? AND owner_id = ? "
                          "AND kind = 'tpm'", (tat, scope, owner))
