@@ -3,13 +3,16 @@
 Prints one JSON line:
   swap_in_gbps / memcpy_gbps: host tier -> resident model vs allocating and copying the same tensors;
   cold_ttft_s / from_pretrained_ttft_s: disk -> first token through the pool's loader vs plain
-  AutoModelForCausalLM.from_pretrained + generate, both with the file dropped from the page cache.
-Usage: python -m loadtests.swap_bench --json [--model mux-120m] [--repeats 3]
+  AutoModelForCausalLM.from_pretrained + generate, both with the file dropped from the page cache
+  (checked with mincore: page_cache_dropped) and the bytes each really read by its first token
+  (cold_read_bytes / from_pretrained_read_bytes, of checkpoint_bytes).
+Usage: python -m loadtests.swap_bench --json [--model mux-120m] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -21,7 +24,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def drop_page_cache(model_dir: Path) -> bool:
-    """Ask the kernel to forget the checkpoint's pages (no root needed for clean pages)."""
+    """Ask the kernel to forget the checkpoint's pages (no root needed for clean pages), then
+    check with mincore that none is left: pages still mapped by a live model are not dropped."""
     ok = True
     for f in model_dir.glob("*.safetensors"):
         fd = os.open(f, os.O_RDONLY)
@@ -32,7 +36,36 @@ def drop_page_cache(model_dir: Path) -> bool:
             ok = False
         finally:
             os.close(fd)
-    return ok
+    return ok and cached_bytes(model_dir) == 0
+
+
+def cached_bytes(model_dir: Path) -> int:
+    """Bytes of the checkpoint's safetensors files in the page cache (mincore on a fresh
+    mapping, which reads nothing)."""
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    total = 0
+    for f in model_dir.glob("*.safetensors"):
+        size = f.stat().st_size
+        fd = os.open(f, os.O_RDONLY)
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        os.close(fd)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), f"mmap {f}")
+        try:
+            vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+            if libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore {f}")
+            total += sum(b & 1 for b in vec.raw) * mmap.PAGESIZE
+        finally:
+            libc.munmap(addr, size)
+    return min(total, sum(f.stat().st_size for f in model_dir.glob("*.safetensors")))
 
 
 def first_token_plain(path: str, torch) -> float:
@@ -74,7 +107,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--model", default="mux-120m")
     parser.add_argument("--zoo", default="var/zoo")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -103,16 +136,26 @@ def main() -> None:
         memcpy_s.append(time.perf_counter() - started)
         del copies
     gb = host.nbytes / 1e9
+    file_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
 
     # cold: disk -> first token, page cache dropped before each, order alternated
+    # (read_bytes: the checkpoint's bytes in the page cache once the first token is out, i.e. what
+    # each side really read from disk; transformers alone maps lazily and reads what the forward touches)
     cold, plain, dropped = [], [], True
+    read_bytes = {"pool": [], "plain": []}
+    for warm_up in (first_token_pool, first_token_plain):  # untimed, cold too: one-time costs of each path
+        gc.collect()
+        drop_page_cache(model_dir)
+        warm_up(path, args.model, torch) if warm_up is first_token_pool else warm_up(path, torch)
     for i in range(args.repeats):
         for which in (("pool", "plain") if i % 2 == 0 else ("plain", "pool")):
+            gc.collect()  # a model still mapping the file would keep its pages cached
             dropped &= drop_page_cache(model_dir)
             if which == "pool":
                 cold.append(first_token_pool(path, args.model, torch))
             else:
                 plain.append(first_token_plain(path, torch))
+            read_bytes[which].append(cached_bytes(model_dir))
 
     result = {
         "bench": "swap_bench",
@@ -124,6 +167,11 @@ def main() -> None:
         "cold_ttft_s": round(statistics.median(cold), 3),
         "from_pretrained_ttft_s": round(statistics.median(plain), 3),
         "cold_vs_from_pretrained": round(statistics.median(cold) / statistics.median(plain), 3),
+        "cold_runs_s": [round(x, 3) for x in cold],
+        "from_pretrained_runs_s": [round(x, 3) for x in plain],
+        "checkpoint_bytes": file_bytes,
+        "cold_read_bytes": min(read_bytes["pool"]),
+        "from_pretrained_read_bytes": min(read_bytes["plain"]),
         "page_cache_dropped": dropped,
         "repeats": args.repeats,
         "device": "cpu",

@@ -14,12 +14,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 # Resolved here, at import, on the importing thread: transformers' lazy module is not safe to
 # resolve from several loader threads at once (concurrent loads raised ImportError).
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()  # a bar per load floods a server's logs
@@ -66,12 +67,45 @@ def quantize(model, quantization: str | None):
 
 
 def load_cold(path: str, dtype: torch.dtype, device: str, quantization: str | None = None):
-    """Disk -> device through transformers' own loader (the same path as a user's checkpoint).
+    """Disk -> device. transformers builds the model (its class, key conversions, tied weights,
+    non-persistent buffers, dtype: the code that loads any user's checkpoint) from tensors that
+    are views of the checkpoint's files, while a reader thread reads every byte of them in one
+    sequential pass (workers/cold_read.py). Returns when all weights are in memory: transformers'
+    own loader would map the files lazily and leave the reading to the first forward pass."""
+    from workers.cold_read import EagerReader, checkpoint_files
 
-    On CPU transformers maps the safetensors file and the first forward pass reads the pages;
-    copying them here instead would read and write every byte twice. The bytes are accounted
-    from the tensors' sizes either way."""
+    files = checkpoint_files(path)
+    config = AutoConfig.from_pretrained(path)
+    model_class = _causal_lm_class(config)
+    if not files or model_class is None:  # a .bin checkpoint, an unknown architecture: transformers
+        return _from_pretrained(path, dtype, device, quantization)
+    reader = EagerReader(files)
+    try:
+        model = model_class.from_pretrained(None, config=config, state_dict=reader.state_dict(), dtype=dtype)
+        model.config.name_or_path = model.name_or_path = path
+        if (Path(path) / "generation_config.json").exists():
+            model.generation_config = GenerationConfig.from_pretrained(path)
+    finally:
+        reader.wait()
     if quantization is not None:  # quantize on the host: the device never holds the float weights
+        model = quantize(model, quantization)
+    if device != "cpu":
+        model = model.to(device)
+    return model.eval()
+
+
+def _causal_lm_class(config):
+    """The class AutoModelForCausalLM picks for this config (None: leave it to from_pretrained)."""
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    try:
+        return _get_model_class(config, AutoModelForCausalLM._model_mapping)
+    except KeyError:
+        return None
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, device: str, quantization: str | None):
+    if quantization is not None:
         model = quantize(AutoModelForCausalLM.from_pretrained(path, dtype=dtype), quantization)
         return model.to(device).eval()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device if device != "cpu" else None)
