@@ -131,8 +131,9 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
             chunks.append(part)
 
     try:
-        await asyncio.wait_for(read(), timeout_s)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout_s):  # no extra task per request, unlike wait_for
+            await read()
+    except TimeoutError:
         raise RequestTimeout(f"The request body did not arrive within {timeout_s:.0f}s.") from None
     return b"".join(chunks)
 
@@ -207,8 +208,9 @@ class CompletionService:
     async def _first_chunk(self, stream: AsyncIterator[GenerationChunk], model: str) -> GenerationChunk:
         """Errors before the first token still get a proper HTTP status, so wait for it here."""
         try:
-            return await asyncio.wait_for(anext(stream), self.server.stream_first_token_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.server.stream_first_token_timeout_s):
+                return await anext(stream)
+        except TimeoutError:
             await stream.aclose()
             raise BackendUnavailable(f"model '{model}' produced no token within "
                                      f"{self.server.stream_first_token_timeout_s:.0f}s", retry_after=5) from None
