@@ -7,6 +7,21 @@ Label: the large model's win rate over the small one on a prompt, with ties coun
 trained with cross-entropy against the model's sigmoid. That makes the score "P(the large model
 is needed)" in RouteLLM's sense (P(strong wins), ties split), and, unlike a 0/1 "large is
 better" label, prompts the small model answers better count against routing them large.
+
+Topic shrinkage (``FitConfig.topic_shrink``): on a benchmark with labelled topics (MMLU's 57
+subjects) a single 0/1 outcome is a very noisy label, while the topic's mean gain over the
+training rows is a clean one. Each such row's gain is pulled towards its topic's mean,
+
+  gain' = topic_mean + topic_shrink * (gain - topic_mean)
+
+(1.0 = off), so the lexical weights learn mostly "which topic is this, and how much does the
+large model gain on it" plus a damped per-prompt part. The topic is training metadata only (the
+row's ``source``); serving sees the prompt alone. Topic means come from the rows being fitted,
+so a cross-validation fold never sees its test rows' outcomes. When the training rows have
+topics, train.fit_with_selection fits one model on the raw labels and one on the shrunk labels
+and ships the mean of their logits as one ModelParams (ModelParams.mean_of): on MMLU the pair
+beats either alone (docs/BENCHMARKS.md).
+
 Full-batch L-BFGS: the data is small, it needs no learning-rate tuning, and a fixed seed gives
 the same weights on every run.
 """
@@ -36,11 +51,31 @@ class FitConfig:
     l2_dense_rows: float = 10.0
     max_iter: int = 150  # L-BFGS iterations
     seed: int = 0
+    # Weight of a row's own outcome against its topic's mean gain in the second ensemble member
+    # (see the module docstring; 1.0 = no second member). 0.3 was chosen by comparing 5-fold CV
+    # on MMLU (docs/BENCHMARKS.md), not inside the folds.
+    topic_shrink: float = 0.3
 
 
-def win_rate_targets(small: np.ndarray, large: np.ndarray) -> np.ndarray:
-    """Training target per prompt: (1 + large - small) / 2, clipped to [0, 1]."""
-    return np.clip((1.0 + np.asarray(large, float) - np.asarray(small, float)) / 2.0, 0.0, 1.0)
+def win_rate_targets(
+    small: np.ndarray, large: np.ndarray, topics: np.ndarray | None = None, topic_shrink: float = 1.0
+) -> np.ndarray:
+    """Training target per prompt: (1 + gain) / 2 with gain = large - small, clipped to [0, 1].
+
+    With ``topics`` (one label per row, "" for rows without a topic) and ``topic_shrink`` < 1,
+    each topic row's gain is first shrunk towards its topic's mean gain over these rows.
+    """
+    gain = np.asarray(large, float) - np.asarray(small, float)
+    if topics is not None and topic_shrink != 1.0:
+        topics = np.asarray(topics)
+        if topics.shape != gain.shape:
+            raise ValueError("topics must have one label per row")
+        labels, inverse = np.unique(topics, return_inverse=True)
+        means = np.bincount(inverse, gain, minlength=len(labels)) / np.bincount(inverse, minlength=len(labels))
+        has_topic = topics != ""
+        mean = means[inverse]
+        gain = np.where(has_topic, mean + topic_shrink * (gain - mean), gain)
+    return np.clip((1.0 + gain) / 2.0, 0.0, 1.0)
 
 
 def _sparse_matvec():

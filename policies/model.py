@@ -63,6 +63,35 @@ class ModelParams:
             f32[key] = array
         return cls(**f32, bias=float(np.asarray(arrays["bias"]).reshape(-1)[0]))
 
+    @classmethod
+    def mean_of(cls, members: list["ModelParams"]) -> "ModelParams":
+        """One ModelParams whose logit is the mean of the members' logits (an ensemble at no cost).
+
+        The logit is linear in the sparse, dense-linear and bias parameters, so those average;
+        the hidden layers are stacked side by side with their output weights divided by the
+        member count. Members must share the dense standardisation (fitted on the same rows).
+        """
+        if not members:
+            raise ValueError("mean_of needs at least one member")
+        first = members[0]
+        for other in members[1:]:
+            for key in ("dense_low", "dense_high", "dense_mean", "dense_scale"):
+                if not np.array_equal(getattr(first, key), getattr(other, key)):
+                    raise ValueError(f"members differ in {key}: they were not fitted on the same rows")
+        k = len(members)
+        return cls.from_arrays({
+            "dense_low": first.dense_low,
+            "dense_high": first.dense_high,
+            "dense_mean": first.dense_mean,
+            "dense_scale": first.dense_scale,
+            "dense_linear": np.mean([m.dense_linear for m in members], axis=0),
+            "head_in": np.concatenate([m.head_in for m in members], axis=0),
+            "head_bias": np.concatenate([m.head_bias for m in members]),
+            "head_out": np.concatenate([m.head_out for m in members]) / k,
+            "sparse": np.mean([m.sparse for m in members], axis=0),
+            "bias": np.array([np.mean([m.bias for m in members])]),
+        })
+
     def standardise(self, dense: np.ndarray) -> np.ndarray:
         """Clip dense features to the training range and standardise them (z in the docstring)."""
         return (np.clip(dense, self.dense_low, self.dense_high) - self.dense_mean) / self.dense_scale

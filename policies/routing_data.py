@@ -115,6 +115,16 @@ def featurize_all(examples: list[RoutingExample], featurizer: Featurizer) -> Fea
     )
 
 
+# Families whose ``source`` subset names a topic with many rows (MMLU's subjects). LLMRouter's
+# subsets are its train/test split, GSM8K has none, MT-Bench's categories have 20 rows each.
+TOPIC_FAMILIES = frozenset({"mmlu"})
+
+
+def topic_labels(examples: list[RoutingExample]) -> np.ndarray:
+    """Each row's topic (its ``source``) for families in TOPIC_FAMILIES, else "" (training metadata only)."""
+    return np.array([ex.source if ex.family in TOPIC_FAMILIES else "" for ex in examples], dtype=object)
+
+
 def score_arrays(examples: list[RoutingExample]) -> tuple[np.ndarray, np.ndarray]:
     """(small_scores, large_scores) as float64 arrays."""
     small = np.array([ex.small_score for ex in examples], dtype=np.float64)

@@ -12,6 +12,9 @@ Protocol (all splits are seeded, so a rerun on the same data writes the same wei
    held-out metrics recorded in the metadata.
 2. The L2 strength is chosen on an inner validation split of the remaining rows (validation
    cross-entropy), then the model is refit on all of them with that strength.
+3. When rows have topics (MMLU subjects), step 2 runs twice, on the raw label and on the label
+   shrunk towards each subject's mean gain (--topic-shrink, fit.py), and the weights are the mean
+   of the two fits' logits (model.ModelParams.mean_of).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,30 +80,18 @@ def logits_of(params: ModelParams, matrix: FeatureMatrix) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Selection:
-    """Outcome of fit_with_selection: the fitted parameters and how the L2 strength was chosen."""
+    """Outcome of fit_with_selection: the fitted parameters and how the L2 strengths were chosen."""
 
     params: ModelParams
-    l2_sparse: float
+    l2_sparse: float  # the raw-label member's
     validation_loss: dict[float, float]
+    # The topic-shrunk member's, when there is one (rows with topics and topic_shrink != 1).
+    topic_l2_sparse: float | None = None
+    topic_validation_loss: dict[float, float] = field(default_factory=dict)
 
 
-def fit_with_selection(
-    matrix: FeatureMatrix,
-    small: np.ndarray,
-    large: np.ndarray,
-    n_buckets: int,
-    fit_config: FitConfig = FitConfig(),
-    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID,
-    seed: int = 0,
-    weights: np.ndarray | None = None,
-) -> Selection:
-    """Pick l2_sparse on an inner validation split of these rows only, then refit on all of them.
-
-    Nothing outside ``matrix`` is looked at, so cross-validation that calls this per fold stays
-    honest: the held-out fold never influences the hyper-parameter.
-    """
-    targets = win_rate_targets(small, large)
-    weights = np.ones(len(targets)) if weights is None else np.asarray(weights, dtype=np.float64)
+def _select_and_fit(matrix, targets, n_buckets, fit_config, l2_grid, seed, weights):
+    """(params, chosen l2, validation loss per l2) for one set of targets."""
     losses: dict[float, float] = {}
     if len(l2_grid) > 1:
         order = np.random.default_rng(seed).permutation(len(targets))
@@ -113,8 +104,42 @@ def fit_with_selection(
         best = min(losses, key=losses.get)
     else:
         best = l2_grid[0]
-    params = fit(matrix, targets, n_buckets, replace(fit_config, l2_sparse=best), weights)
-    return Selection(params=params, l2_sparse=best, validation_loss=losses)
+    return fit(matrix, targets, n_buckets, replace(fit_config, l2_sparse=best), weights), best, losses
+
+
+def fit_with_selection(
+    matrix: FeatureMatrix,
+    small: np.ndarray,
+    large: np.ndarray,
+    n_buckets: int,
+    fit_config: FitConfig = FitConfig(),
+    l2_grid: tuple[float, ...] = DEFAULT_L2_GRID,
+    seed: int = 0,
+    weights: np.ndarray | None = None,
+    topics: np.ndarray | None = None,
+) -> Selection:
+    """Pick l2_sparse on an inner validation split of these rows only, then refit on all of them.
+
+    Nothing outside ``matrix`` is looked at, so cross-validation that calls this per fold stays
+    honest: the held-out fold never influences the hyper-parameter. With ``topics`` (one per
+    row, "" for none) naming a topic for some rows and fit_config.topic_shrink != 1, a second
+    model is fitted the same way on labels shrunk towards each topic's mean gain over these rows
+    (fit.win_rate_targets), and the result is the mean of the two models' logits.
+    """
+    weights = np.ones(len(small)) if weights is None else np.asarray(weights, dtype=np.float64)
+    targets = win_rate_targets(small, large)
+    params, best, losses = _select_and_fit(matrix, targets, n_buckets, fit_config, l2_grid, seed, weights)
+    if topics is None or fit_config.topic_shrink == 1.0 or not np.any(np.asarray(topics) != ""):
+        return Selection(params=params, l2_sparse=best, validation_loss=losses)
+    shrunk = win_rate_targets(small, large, topics, fit_config.topic_shrink)
+    topic_params, topic_best, topic_losses = _select_and_fit(matrix, shrunk, n_buckets, fit_config, l2_grid, seed, weights)
+    return Selection(
+        params=ModelParams.mean_of([params, topic_params]),
+        l2_sparse=best,
+        validation_loss=losses,
+        topic_l2_sparse=topic_best,
+        topic_validation_loss=topic_losses,
+    )
 
 
 def _family_summaries(examples: list[RoutingExample], scores: np.ndarray) -> dict[str, dict]:
@@ -154,8 +179,12 @@ def train(
     small, large = routing_data.score_arrays(train_rows)
     log(f"fitting (l2 grid {list(l2_grid)})")
     weights = np.concatenate([np.ones(len(train_rows) - len(extra_train)), np.full(len(extra_train), EXTRA_ROW_WEIGHT)])
-    selection = fit_with_selection(train_m, small, large, featurizer.n_buckets, fit_config, l2_grid, weights=weights)
-    log(f"chose l2_sparse={selection.l2_sparse}")
+    selection = fit_with_selection(
+        train_m, small, large, featurizer.n_buckets, fit_config, l2_grid, weights=weights,
+        topics=routing_data.topic_labels(train_rows),
+    )
+    log(f"chose l2_sparse={selection.l2_sparse}" + (
+        f", topic-shrunk member l2_sparse={selection.topic_l2_sparse}" if selection.topic_l2_sparse is not None else ""))
 
     heldout_scores = sigmoid(logits_of(selection.params, heldout_m))
     h_small, h_large = routing_data.score_arrays(heldout_rows)
@@ -163,9 +192,17 @@ def train(
     report = {
         "rows": {"train": len(train_rows), "calibration": len(heldout_rows), "extra_train": len(extra_train)},
         "sources": {f: int(n) for f, n in zip(*np.unique([ex.family for ex in examples], return_counts=True))},
-        "label": "win rate of large over small, ties half: (1 + large_score - small_score) / 2",
+        "label": "win rate of large over small, ties half: (1 + gain) / 2, gain = large_score - small_score",
+        "members": "one fit on the label" if selection.topic_l2_sparse is None else (
+            "mean of the logits of one fit on the label and one with rows of "
+            f"{sorted(routing_data.TOPIC_FAMILIES)} shrunk towards their topic's mean gain "
+            f"(topic_shrink {fit_config.topic_shrink})"),
         "l2_sparse": selection.l2_sparse,
         "validation_loss": {str(k): round(v, 5) for k, v in selection.validation_loss.items()},
+        "topic_member": None if selection.topic_l2_sparse is None else {
+            "l2_sparse": selection.topic_l2_sparse,
+            "validation_loss": {str(k): round(v, 5) for k, v in selection.topic_validation_loss.items()},
+        },
         "heldout": _family_summaries(heldout_rows, heldout_scores),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
@@ -189,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--l2-grid", type=float, nargs="+", default=list(DEFAULT_L2_GRID))
     parser.add_argument("--no-lexical", action="store_true", help="dense features only (FeatureConfig.dense_only)")
     parser.add_argument("--max-iter", type=int, default=FitConfig().max_iter, help="L-BFGS iterations per fit")
+    parser.add_argument("--topic-shrink", type=float, default=FitConfig().topic_shrink,
+                        help="weight of a topic row's own outcome against its topic's mean gain (1 = off; see fit.py)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -212,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     classifier, report = train(
         examples,
         FeatureConfig.dense_only() if args.no_lexical else FeatureConfig(hash_bits=args.hash_bits),
-        FitConfig(max_iter=args.max_iter),
+        FitConfig(max_iter=args.max_iter, topic_shrink=args.topic_shrink),
         tuple(args.l2_grid),
         log,
         extra,
