@@ -6,7 +6,10 @@ device budget about a third of their total bytes. Serve multiplexing evicts by m
 it is swept over max_num_models_per_replica and reported at its best (fewest failed requests,
 then lowest p99). A Serve load that would push its live bytes (resident models plus evicted ones
 still serving a request) past the budget fails, as it would with CUDA OOM on a GPU; muxgate's pool
-accounts bytes and never does. Prints one JSON line.
+accounts bytes and never does. p99 is over completed requests (`p99_s`, `p99_ratio`: a failed request
+never enters it) and, the other view, over every request sent with failures counted as never
+answered (`p99_all_s`, `p99_ratio_counting_failures`). Both replicas pay the same start-up warm-up
+(workers.weights.warm_up: imports, tokenizer machinery; no weights). Prints one JSON line.
 Usage: python -m loadtests.mux_trace --json [--requests 120] [--rate 4] [--seed 0]
 """
 
@@ -64,7 +67,16 @@ async def replay(trace, call) -> dict:
         "throughput_rps": round(len(latencies) / wall, 3),
         "p50_s": round(statistics.median(latencies), 4) if latencies else None,
         "p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 4) if latencies else None,
+        # the other view: every request sent, a failed one counted as never answered (None when the
+        # 99th percentile request is a failure)
+        "p99_all_s": _p99_counting_failures(latencies, len(errors)),
     }
+
+
+def _p99_counting_failures(latencies: list[float], failed: int) -> float | None:
+    ranked = latencies + [float("inf")] * failed
+    value = ranked[min(len(ranked) - 1, int(0.99 * len(ranked)))] if ranked else float("inf")
+    return None if value == float("inf") else round(value, 4)
 
 
 def serve_multiplexed_app(specs: dict[str, str], max_models: int, budget: int, sizes: dict[str, int],
@@ -78,7 +90,10 @@ def serve_multiplexed_app(specs: dict[str, str], max_models: int, budget: int, s
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (resolve lazily-imported names once)
 
+            from workers.weights import warm_up
+
             torch.set_num_threads(1)
+            warm_up(next(iter(specs.values())))  # the same replica-start warm-up muxgate's pool does
             self.loads = 0
             self.loaded_bytes = 0
             self.ooms = 0
@@ -212,10 +227,18 @@ def main() -> None:
         "device_budget_bytes": budget,
         "bytes_swapped_ratio": round(mux["bytes_swapped"] / max(1, best["bytes_swapped"]), 3),
         "p99_ratio": round(mux["p99_s"] / best["p99_s"], 3) if mux["p99_s"] and best["p99_s"] else None,
+        # failures counted as never answered on both sides: 0.0 when only Serve's p99 request failed
+        "p99_ratio_counting_failures": _ratio_counting_failures(mux["p99_all_s"], best["p99_all_s"]),
         "muxgate_oom": mux["oom"],
         **results,
     }
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))
+
+
+def _ratio_counting_failures(mux: float | None, serve: float | None) -> float | None:
+    if mux is None:
+        return None  # muxgate's own p99 request failed: no finite ratio
+    return 0.0 if serve is None else round(mux / serve, 3)
 
 
 async def _remote(method):

@@ -348,6 +348,18 @@ class ModelPool:
         log.info("loaded %s (%s) in %.2fs, %d bytes", model, kind, seconds, measured)
         return Resident(engine, predicted.total, measured, predicted, kind, seconds)
 
+    def warm_up(self) -> None:
+        """Take the first load's one-time costs (imports, the tokenizer machinery) off the first
+        request: call at replica start. Loads no model."""
+        from workers.weights import warm_up
+
+        for spec in self.specs.values():
+            try:
+                warm_up(spec.path)
+                return
+            except Exception as exc:  # a broken checkpoint fails its own loads later, with the reason
+                log.warning("warm-up with %s failed: %s", spec.name, exc)
+
     def close(self) -> None:
         for name in list(self._resident):
             self._resident.pop(name).engine.close()

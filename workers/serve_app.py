@@ -75,6 +75,7 @@ class PoolReplica:
                               host_budget_bytes=options.host_budget_bytes, eviction=options.eviction,
                               kv_reserve_tokens=options.kv_reserve_tokens,
                               prefix_cache_bytes=options.prefix_cache_bytes)
+        self.pool.warm_up()
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         async for chunk in self.pool.generate(model, req):

@@ -197,3 +197,16 @@ class HostTier:
 
 def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
+
+
+def warm_up(path: str) -> None:
+    """Pay a process's one-time loading costs (transformers' lazy imports of the tokenizer and
+    model code, the chat-template compiler, the engine's modules) now rather than in the first
+    request's load: about a second on a small CPU. Reads no weights."""
+    import workers.engine  # noqa: F401
+
+    load_tokenizer(path).apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                             add_generation_prompt=True)
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        AutoModelForCausalLM.from_config(config)
