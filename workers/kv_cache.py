@@ -63,6 +63,7 @@ class SlotKVCache:
         self.peak_nbytes = 0  # the largest allocation so far
         self.data: torch.Tensor | None = None
         self.lengths: list[int] = []  # valid positions per row; the row count is len(lengths)
+        self.reserved: list[int] = []  # positions promised to each row when it was added (its prompt)
         # set by decode_inputs for the forward that follows: where each row writes, and the width
         self._flat_index: torch.Tensor | None = None
         self._width = 0
@@ -82,6 +83,7 @@ class SlotKVCache:
         row = self.rows
         self._reserve(row + 1, reserve)
         self.lengths.append(0)
+        self.reserved.append(reserve)
         return row
 
     def load_prefix(self, row: int, kv: torch.Tensor, n: int) -> None:
@@ -98,8 +100,10 @@ class SlotKVCache:
             n = self.lengths[last]
             self.data[:, :, row, :, :n] = self.data[:, :, last, :, :n]
             self.lengths[row] = n
+            self.reserved[row] = self.reserved[last]
             moved = last
         self.lengths.pop()
+        self.reserved.pop()
         return moved
 
     def export(self, row: int, length: int | None = None) -> torch.Tensor:
@@ -163,9 +167,10 @@ class SlotKVCache:
         if length > have_len:
             new_len = max(length, min(self.max_len, max(_round_up(length, _GROW_TOKENS), 2 * have_len)))
         if self.max_bytes is not None and self._bytes(new_rows, new_len) > self.max_bytes:
-            # no room to grow ahead: exactly what is needed now (rows in use, positions in use)
+            # no room to grow ahead: exactly what is needed now (rows in use, and the positions
+            # rows hold or were promised for their prompts)
             new_rows = max(rows, self.rows)
-            new_len = max(length, max(self.lengths, default=0))
+            new_len = max(length, *self.lengths, *self.reserved, 0)
             if self._bytes(new_rows, new_len) > self.max_bytes:
                 raise RuntimeError(f"KV cache needs {self._bytes(new_rows, new_len)} bytes, over its "
                                    f"budget of {self.max_bytes}")

@@ -60,3 +60,19 @@ def test_decode_writes_each_row_at_its_own_position_and_grows():
     cache.decode_inputs()  # row 1 now needs position 256: the capacity grows, contents kept
     assert cache.data.shape[4] > 256
     assert cache.export(1)[:, :, 0, :255].eq(2.0).all()
+
+
+def test_a_byte_budget_caps_growth_but_keeps_room_promised_to_prefilling_rows():
+    per_token = SHAPE.bytes_per_token
+    cache = SlotKVCache(SHAPE, max_rows=8, max_len=2048, max_bytes=3 * 64 * per_token)
+    waiting = cache.add(60)  # admitted, its 60-token prompt not prefilled yet
+    filled(cache, 1.0, 3)
+    filled(cache, 2.0, 4)  # doubling to 4 rows x 256 would overshoot: growth is clamped
+    assert cache.nbytes <= 3 * 64 * per_token
+    view = cache.row_view(waiting)
+    for layer in range(SHAPE.layers):
+        view.update(torch.full((1, 1, 60, 2), 7.0), torch.full((1, 1, 60, 2), 7.0), layer)
+    view.commit()
+    assert torch.equal(cache.export(waiting), torch.full((2, 2, 1, 60, 2), 7.0))
+    assert torch.equal(cache.export(1), torch.full((2, 2, 1, 3, 2), 1.0))
+    assert cache.peak_nbytes <= 3 * 64 * per_token
