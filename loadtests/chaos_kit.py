@@ -56,7 +56,8 @@ def gateway_config(zoo_dir: Path, store_url: str, *, models: list[dict] | None =
         "server": {"host": "127.0.0.1", "default_max_tokens": 8, "stream_first_token_timeout_s": 30.0, **server},
         "zoo": {"dir": str(zoo_dir), "build_on_start": False},
         "models": models or [{"name": MODEL, "zoo": True}],
-        "pool": {"backend": "inprocess", "torch_threads": 1, "kv_reserve_tokens": 256, "prefix_cache_mb": 4,
+        # the KV reserve covers the longest stream a scenario sends (1,500 tokens; the zoo context is 2,048)
+        "pool": {"backend": "inprocess", "torch_threads": 1, "kv_reserve_tokens": 2048, "prefix_cache_mb": 4,
                  **(pool or {})},
         "routing": {"default_model": MODEL},
         "store": {"url": store_url, **(store or {})},
