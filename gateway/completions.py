@@ -234,18 +234,10 @@ class CompletionService:
                 trace.backend_seconds += time.perf_counter() - started
 
         try:
-            if first.finish_reason is None:
-                work = asyncio.ensure_future(drain())
-                gone = asyncio.ensure_future(_wait_disconnect(request))
-                done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-                gone.cancel()
-                if work not in done:
-                    work.cancel()
-                    await asyncio.wait({work})  # let it unwind out of the stream before we close it
-                    trace.status = "client_disconnect"
-                    self._finish(trace, None)
-                    return Response(status_code=499)
-                work.result()
+            if first.finish_reason is None and not await _unless_disconnected(drain(), request):
+                trace.status = "client_disconnect"
+                self._finish(trace, None)
+                return Response(status_code=499)
         except BaseException as exc:
             self._finish(trace, exc)
             raise
@@ -365,6 +357,31 @@ class CompletionService:
             trace.finished_at - trace.started,
             None if trace.first_token_at is None else trace.first_token_at - trace.started,
             trace.prompt_tokens, trace.completion_tokens)
+
+
+async def _unless_disconnected(work: Awaitable[None], request: Request) -> bool:
+    """Await ``work`` in this task while one watcher task waits for the client to disconnect;
+    False if it did first (``work`` was then cancelled and has unwound). A cancellation from
+    anywhere else propagates as usual."""
+    task = asyncio.current_task()
+    left = False
+
+    async def watch() -> None:
+        nonlocal left
+        await _wait_disconnect(request)
+        left = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:
+            return False
+        raise
+    finally:
+        watcher.cancel()
+    return True
 
 
 async def _wait_disconnect(request: Request) -> None:

@@ -121,9 +121,16 @@ def reserve(conn: sqlite3.Connection, principal: Principal, model: str, cost: in
             new_states.append((scope, owner, kind, decision.new_tat_ms))
 
         expires = now + ttl_s
-        conn.execute("INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (rid, team.id, key.id, team_window.key, key_window.key, cost, tokens, now,
-                      expires))
+        # A reservation row only holds budget for the checks above; when neither the team nor
+        # the key has a budget, RPM or TPM limit (read in this transaction, so a limit set since
+        # takes effect on the next request) there is nothing for it to hold, and the request
+        # goes without one: the transaction then writes nothing. Settlement does not need the
+        # row (it records usage and charges spend either way). A budget set while such requests
+        # are in flight does not see them as held; they are charged when they settle.
+        if not _unlimited(team_row, key_row):
+            conn.execute("INSERT INTO reservations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (rid, team.id, key.id, team_window.key, key_window.key, cost, tokens,
+                          now, expires))
         if new_states:
             conn.executemany(
                 "INSERT INTO rate_state VALUES (?, ?, ?, ?) ON CONFLICT (scope, owner_id, kind) "
@@ -131,6 +138,12 @@ def reserve(conn: sqlite3.Connection, principal: Principal, model: str, cost: in
     return Reservation(id=rid, team_id=team.id, key_id=key.id, model=model,
                        cost_usd=micros_to_usd(cost), tokens=tokens, created_at=now,
                        expires_at=expires, team_period=team_window.key, key_period=key_window.key)
+
+
+def _unlimited(team_row: sqlite3.Row, key_row: sqlite3.Row) -> bool:
+    """Neither the team nor the key has a budget, an RPM or a TPM limit."""
+    return all(row[column] is None for row in (team_row, key_row)
+               for column in ("budget_micros", "rpm_limit", "tpm_limit"))
 
 
 def settle(conn: sqlite3.Connection, reservation: Reservation, record: UsageRecord,

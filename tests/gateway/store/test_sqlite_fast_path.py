@@ -88,3 +88,42 @@ async def test_the_wal_is_checkpointed(tmp_path):
         assert len(await store.usage_records(0, 2**32, limit=10_000)) == 1500
     finally:
         await store.close()
+
+
+def _reservation_rows(path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0]
+    finally:
+        conn.close()
+
+
+async def test_a_team_and_key_without_limits_reserve_without_a_row_and_still_settle(tmp_path):
+    path = tmp_path / "muxgate.db"
+    store = SQLiteStore(path)
+    try:
+        await store.create_team("Free", team_id="free")
+        principal = await store.lookup((await store.create_key("free")).secret)
+        reservation = await store.reserve(principal, "small", "0.5", 100)
+        assert isinstance(reservation, Reservation)
+        assert _reservation_rows(path) == 0  # nothing to hold: no budget, RPM or TPM anywhere
+        assert await store.settle(reservation, usage_for(reservation, cost_usd="0.2")) is True
+        assert await store.settle(reservation, usage_for(reservation, cost_usd="0.2")) is False
+        assert [r.request_id for r in await store.usage_records(0, 2**33)] == [reservation.id]
+        assert str((await store.spend("free")).spent_usd) == "0.200000"
+
+        # A budget set later takes effect on the next request: it is held and checked again.
+        await store.update_team("free", budget_usd="1")
+        held = await store.reserve(principal, "small", "0.5", 100)
+        assert isinstance(held, Reservation) and _reservation_rows(path) == 1
+        assert str((await store.spend("free")).reserved_usd) == "0.500000"
+        assert (await store.reserve(principal, "small", "0.5", 100)).limit == "team_budget"
+
+        # A limit on the key alone is enough to hold the reservation too.
+        await store.update_team("free", budget_usd=None)
+        await store.settle(held, usage_for(held))
+        limited = await store.lookup((await store.create_key("free", rpm_limit=60)).secret)
+        assert isinstance(await store.reserve(limited, "small", "0.1", 10), Reservation)
+        assert _reservation_rows(path) == 1
+    finally:
+        await store.close()
