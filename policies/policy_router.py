@@ -74,10 +74,11 @@ class PolicyRouter:
         return name, self.policy.routes[name]
 
     async def decide(self, requested: str, context: RouteContext | None = None) -> RoutingDecision | None:
-        decision = await self._decide(requested, context or RouteContext())
+        context = context or RouteContext()
+        decision = await self._decide(requested, context)
         if decision is None:
             return None
-        _, route = self.route_for((context or RouteContext()).team)
+        _, route = self.route_for(context.team)
         if route.speculative is not None:
             decision = replace(decision, drafts=tuple(route.speculative.drafts.items()),
                                draft_tokens=route.speculative.draft_tokens)

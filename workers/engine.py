@@ -35,7 +35,7 @@ from workers.kv_cache import KVShape
 from workers.prefix_cache import PrefixCache
 from workers.sampling import make_generator, sample_next
 from workers.sequence import Sequence
-from workers.speculative import DraftState
+from workers.speculative import DraftState, accepted_prefix
 from workers.types import ContextLengthExceeded, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,6 @@ class Engine:
     def _speculate(self, seq: Sequence) -> list[int]:
         """One speculative step for a greedy sequence: draft, verify in one forward, keep the KV
         of what was accepted. Returns the tokens to emit (1 .. draft_tokens + 1)."""
-        from workers.speculative import accepted_prefix
-
         fed = self._batch.cache.lengths[seq.row]  # KV positions before this step
         # never draft past what the sequence may still emit (the verify adds one token of its own)
         k = min(seq.draft.tokens, seq.max_new_tokens - seq.generated - 1)
@@ -320,7 +318,6 @@ class Engine:
         logits = self._batch.verify(self.model, seq, [seq.output_ids[-1], *proposals])
         tokens = accepted_prefix(proposals, logits.argmax(-1).tolist())
         self._batch.truncate(seq, fed + len(tokens))  # the last token's KV comes with the next step
-        seq.draft.accepted += len(tokens) - 1
         self.draft_proposed += len(proposals)
         self.draft_accepted += len(tokens) - 1
         self.speculative_steps += 1

@@ -36,8 +36,6 @@ class DraftState:
     tokens: int
     cache: SlotKVCache | None = None  # the draft model's KV for this sequence: one row
     covered: list[int] = field(default_factory=list)  # the tokens the draft cache holds KV for
-    proposed: int = 0
-    accepted: int = 0
 
     def propose(self, context: list[int], k: int) -> list[int]:
         """The draft's greedy continuation of `context` (prompt + everything emitted), `k` tokens.
@@ -58,7 +56,6 @@ class DraftState:
             token = int(logits[-1].argmax())
             out.append(token)
             feed = [token]
-        self.proposed += len(out)
         return out
 
 
