@@ -1,7 +1,7 @@
 """Swap bandwidth and cold-start latency of the pool's weight tiers, against the plain baselines.
 
 Prints one JSON line:
-  swap_in_gbps / memcpy_gbps: host tier -> resident model vs allocating and copying the same tensors;
+  swap_in_gbps / memcpy_gbps: host tier -> resident model vs allocating and copying the same bytes;
   cold_ttft_s / from_pretrained_ttft_s: disk -> first token through the pool's loader vs plain
   AutoModelForCausalLM.from_pretrained + generate, both with the file dropped from the page cache
   (checked with mincore: page_cache_dropped) and the bytes each really read by its first token
@@ -113,7 +113,7 @@ def main() -> None:
 
     import torch
 
-    from workers.weights import copy_to_host, load_cold, load_warm
+    from workers.weights import copy_to_host, load_cold, load_warm, to_shell
     from workers.zoo import build_zoo
 
     torch.manual_seed(0)
@@ -122,19 +122,22 @@ def main() -> None:
     path = str(model_dir)
 
     # warm tier: host copy -> a resident model, vs memcpy of the same tensors into new memory
+    # (as in the pool, each swapped-in model is retired to a shell on eviction and refilled next time)
     model = load_cold(path, torch.float32, "cpu")
     host = copy_to_host(model, pin=False)
+    host.shell = to_shell(model)
     del model
     swap_s, memcpy_s = [], []
     for _ in range(args.repeats):
         started = time.perf_counter()
         resident = load_warm(path, torch.float32, "cpu", host)
         swap_s.append(time.perf_counter() - started)
+        host.shell = to_shell(resident)
         del resident
         started = time.perf_counter()
-        copies = [torch.empty_like(t).copy_(t) for t in host.tensors.values()]
+        copy = torch.empty_like(host.flat).copy_(host.flat)  # the same bytes in one allocation and copy
         memcpy_s.append(time.perf_counter() - started)
-        del copies
+        del copy
     gb = host.nbytes / 1e9
     file_bytes = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
 

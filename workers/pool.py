@@ -301,6 +301,7 @@ class ModelPool:
     def _evict(self, model: str) -> None:
         resident = self._resident.pop(model)
         resident.engine.close()
+        self.host.retire(model, resident.engine.model)  # its device memory goes now, its object stays
         self.ledger.release(model)
         self.evictions += 1
         log.info("evicted %s (%d bytes; %s)", model, resident.reserved,

@@ -1,8 +1,11 @@
 """Weight tiers below the device: host memory (warm) and disk (cold).
 
 A model's host copy holds every parameter and buffer (non-persistent ones too, which
-checkpoints do not carry), in buffers allocated once per model and reused for as long as the
-model stays warm; on GPU machines they are pinned, so host -> device is one DMA per tensor.
+checkpoints do not carry) in one flat buffer allocated once per model and reused for as long as
+the model stays warm; on GPU machines it is pinned. A swap-in allocates one device buffer of the
+same layout and fills it with one copy (one DMA on a GPU, so it runs at the link's raw pinned
+rate), then points the model's tensors at views of it. The model object itself is kept, its
+tensors on the meta device, while it is warm (`HostTier.retire`), so a swap-in builds nothing.
 Pinning happens in the background after a load, never on a request's critical path.
 """
 
@@ -13,10 +16,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 # Resolved here, at import, on the importing thread: transformers' lazy module is not safe to
 # resolve from several loader threads at once (concurrent loads raised ImportError).
@@ -25,19 +29,49 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()  # a bar per load floods a server's logs
 
+# transformers builds a model under process-wide patches: `PreTrainedModel.tie_weights` replaced by a
+# no-op, torch's default dtype and init functions swapped, each put back on exit. Two builds that
+# overlap in loader threads restore each other's patches in the wrong order and can leave tying off
+# for the whole process (every later tied model gets a random head) or a model in the wrong dtype.
+# Every build in this process (from_pretrained, from_config) takes this lock; reading the bytes
+# and moving them to the device stay outside it, so concurrent loads still overlap their I/O.
+BUILD_LOCK = threading.Lock()
+
 log = logging.getLogger(__name__)
+
+
+# Offsets of tensors inside a flat buffer are multiples of this: every view starts as aligned as
+# a fresh allocation would for the vectorised loads of matmul kernels.
+_ALIGN = 256
 
 
 @dataclass
 class HostWeights:
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor]  # views into `flat`, by the model's tensor names
     nbytes: int
     pinned: bool
     ready: bool = True  # False while the background copy runs (its bytes are already counted)
+    flat: torch.Tensor | None = None  # one uint8 buffer holding every tensor at its offset
+    offsets: dict[str, int] = field(default_factory=dict)
+    shell: object | None = None  # the evicted model object, tensors on meta: a skeleton to refill
 
 
 def _named_tensors(model):
     return itertools.chain(model.named_parameters(), model.named_buffers())
+
+
+def _layout(tensors) -> tuple[dict[str, int], int]:
+    """Aligned offsets of (name, tensor) pairs packed into one buffer, and its size in bytes."""
+    offsets, size = {}, 0
+    for name, t in tensors:
+        offsets[name] = size
+        size += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+    return offsets, size
+
+
+def _view(flat: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+    nbytes = like.numel() * like.element_size()
+    return flat[offset:offset + nbytes].view(like.dtype).view(like.shape)
 
 
 def tensor_bytes(model) -> int:
@@ -46,13 +80,15 @@ def tensor_bytes(model) -> int:
 
 
 def copy_to_host(model, pin: bool) -> HostWeights:
-    """Allocate host buffers once (pinned if asked) and copy the model's tensors into them."""
+    """Allocate one host buffer (pinned if asked) and copy the model's tensors into it."""
+    named = list(_named_tensors(model))
+    offsets, size = _layout(named)
+    flat = torch.empty(size, dtype=torch.uint8, device="cpu", pin_memory=pin)
     tensors = {}
-    for name, t in _named_tensors(model):
-        host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
-        host.copy_(t.detach())
-        tensors[name] = host
-    return HostWeights(tensors, sum(t.numel() * t.element_size() for t in tensors.values()), pin)
+    for name, t in named:
+        tensors[name] = _view(flat, offsets[name], t)
+        tensors[name].copy_(t.detach())
+    return HostWeights(tensors, size, pin, flat=flat, offsets=offsets)
 
 
 def quantize(model, quantization: str | None):
@@ -81,7 +117,9 @@ def load_cold(path: str, dtype: torch.dtype, device: str, quantization: str | No
         return _from_pretrained(path, dtype, device, quantization)
     reader = EagerReader(files)
     try:
-        model = model_class.from_pretrained(None, config=config, state_dict=reader.state_dict(), dtype=dtype)
+        state_dict = reader.state_dict()
+        with BUILD_LOCK:
+            model = model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype)
         model.config.name_or_path = model.name_or_path = path
         if (Path(path) / "generation_config.json").exists():
             model.generation_config = GenerationConfig.from_pretrained(path)
@@ -106,24 +144,57 @@ def _causal_lm_class(config):
 
 def _from_pretrained(path: str, dtype: torch.dtype, device: str, quantization: str | None):
     if quantization is not None:
-        model = quantize(AutoModelForCausalLM.from_pretrained(path, dtype=dtype), quantization)
-        return model.to(device).eval()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device if device != "cpu" else None)
+        with BUILD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return quantize(model, quantization).to(device).eval()
+    with BUILD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device if device != "cpu" else None)
     return model.eval()
 
 
 def load_warm(path: str, dtype: torch.dtype, device: str, host: HostWeights, quantization: str | None = None):
-    """Host -> device: a skeleton on the meta device (no init cost), then one copy per tensor."""
-    config = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
-        model = quantize(AutoModelForCausalLM.from_config(config, dtype=dtype), quantization)
-    model.to_empty(device=device)
-    with torch.no_grad():
-        for name, t in _named_tensors(model):
-            t.copy_(host.tensors[name], non_blocking=host.pinned)
+    """Host -> device: one buffer of the host copy's layout, filled by one copy; the model's
+    tensors become views of it. The model is the one kept when it was evicted (its tensors on the
+    meta device), else a skeleton built on the meta device (no init cost)."""
+    # the copy first: from pinned memory it is asynchronous, so the Python work below (the
+    # skeleton, the views) runs while the bytes move
+    flat = torch.empty(host.flat.numel(), dtype=torch.uint8, device=device)
+    flat.copy_(host.flat, non_blocking=host.pinned)
+    model, host.shell = host.shell, None
+    if model is None:
+        config = AutoConfig.from_pretrained(path)
+        with BUILD_LOCK, torch.device("meta"):
+            model = quantize(AutoModelForCausalLM.from_config(config, dtype=dtype), quantization)
+    named = list(_named_tensors(model))
+    if {n for n, _ in named} != set(host.offsets):
+        raise ValueError(f"{path}: the host copy's tensors do not match the model's")
+    _replace_tensors(model, {id(t): _view(flat, host.offsets[name], host.tensors[name]) for name, t in named})
+    model.eval()  # before the wait: it walks every module, time the copy hides
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
-    return model.eval()
+    return model
+
+
+def to_shell(model):
+    """Replace every tensor of a model by one on the meta device: its memory is released at once
+    and the object stays a skeleton that `load_warm` can refill."""
+    _replace_tensors(model, {id(t): torch.empty_like(t, device="meta") for _, t in _named_tensors(model)})
+    return model
+
+
+def _replace_tensors(model, new_by_old_id: dict[int, torch.Tensor]) -> None:
+    """Put new tensors in place of old ones in every module that holds them, so a tensor shared
+    by several modules (tied weights) stays one shared tensor."""
+    params: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for key, old in module._parameters.items():
+            if old is not None:
+                if id(old) not in params:
+                    params[id(old)] = nn.Parameter(new_by_old_id[id(old)], requires_grad=False)
+                module._parameters[key] = params[id(old)]
+        for key, old in module._buffers.items():
+            if old is not None:
+                module._buffers[key] = new_by_old_id[id(old)]
 
 
 class HostTier:
@@ -173,6 +244,16 @@ class HostTier:
         with self._lock:
             self._entries[name] = weights
 
+    def retire(self, name: str, model) -> bool:
+        """An evicted model: keep its object (tensors moved to meta) with its host copy, so the
+        next swap-in skips building a skeleton. False (model untouched) if it has no host copy."""
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is None or not entry.ready:
+                return False
+            entry.shell = to_shell(model)
+            return True
+
     def snapshot_async(self, name: str, model, protected: set[str] = frozenset()) -> threading.Thread | None:
         """Copy a freshly loaded model to host in the background, if the tier has room for it."""
         nbytes = tensor_bytes(model)
@@ -208,5 +289,5 @@ def warm_up(path: str) -> None:
     load_tokenizer(path).apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                              add_generation_prompt=True)
     config = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
+    with BUILD_LOCK, torch.device("meta"):
         AutoModelForCausalLM.from_config(config)
