@@ -137,6 +137,14 @@ def run_gpu_checks(
         except Exception as exc:  # report and keep going: one bad shape should not hide the others
             error = f"{type(exc).__name__}: {exc}"[:500]
             cases.append({"dtype": str(dtype), "M": m, "bias": with_bias, "ok": False, "error": error})
+    # decode shapes again with weights larger than any GPU's L2 (64 MB int8 at 8192 x 8192), so
+    # the timings show streaming from device memory rather than a cache-resident weight
+    big = max(k, n, 8192)
+    for m in (1, 16) if dev.type == "cuda" else ():
+        try:
+            cases.append(_check_case(m, big, big, torch.bfloat16, False, gen))
+        except Exception as exc:
+            cases.append({"dtype": "torch.bfloat16", "M": m, "K": big, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
     return {
         "ok": all(c["ok"] for c in cases),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),

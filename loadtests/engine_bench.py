@@ -148,7 +148,7 @@ def run_generate(engine, jobs: list[Job], torch) -> list[tuple[float, Timing]]:
 
     out = []
     for job in jobs:
-        ids = torch.tensor([engine.encode(GenerationRequest("g", prompt=job.prompt))])
+        ids = torch.tensor([engine.encode(GenerationRequest("g", prompt=job.prompt))], device=engine.device)
         timing = Timing(time.perf_counter())
         with torch.inference_mode():
             engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=job.max_tokens,
@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter answers (about a minute)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 weights and KV there)")
     args = parser.parse_args()
 
     import torch
@@ -225,16 +226,19 @@ def main() -> None:
 
     started = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)
-    engine = Engine.load(args.model, str(Path(args.zoo) / args.model))
+    engine = Engine.load(args.model, str(Path(args.zoo) / args.model), device=args.device)
     # the same model with reuse off, for the chain's baseline
-    plain = Engine(args.model, engine.model, engine.tokenizer, prefix_cache_bytes=0)
+    plain = Engine(args.model, engine.model, engine.tokenizer, device=args.device, prefix_cache_bytes=0)
     jobs = make_jobs(max(levels) * per_stream, args.seed, token_range)
 
     def streams_of(c: int) -> list[list[Job]]:
         return [jobs[i * per_stream:(i + 1) * per_stream] for i in range(c)]
 
-    warm = make_jobs(4, args.seed + 99, (8, 8))
-    run_engine(engine, [[j] for j in warm])
+    # untimed, at every concurrency level: first calls of each batch shape pay one-time costs
+    # (allocator growth; on a GPU also CUDA's lazy kernel loading, seconds per new shape)
+    warm = make_jobs(max(levels), args.seed + 99, (8, 8))
+    for c in levels:
+        run_engine(engine, [[j] for j in warm[:c]])
     run_generate(engine, warm[:2], torch)
 
     # Every round measures both systems back to back, so drift in the machine's load (it is shared)
@@ -268,7 +272,7 @@ def main() -> None:
                                  for m in generate_rounds)
 
     hits_in_throughput_runs = engine.prefix_hit_tokens
-    out: dict = {"bench": "engine", "model": args.model, "threads": args.threads, "seed": args.seed, "quick": quick,
+    out: dict = {"bench": "engine", "model": args.model, "device": args.device, "threads": args.threads, "seed": args.seed, "quick": quick,
                  "machine": platform.processor() or platform.machine(), "loadavg_start": load_start,
                  "rounds": rounds, "tokens_per_request": list(token_range),
                  "throughput_tok_s": {"muxgate": {}, "generate": {}}, "latency": {}}

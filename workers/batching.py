@@ -7,6 +7,8 @@ without sliding windows) is batched without model-specific code.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -99,9 +101,21 @@ class RunningBatch:
         positions, mask = self.cache.decode_inputs()
         feed = [[s.output_ids[-1] if a else self._placeholder] for s, a in zip(self.rows, advanced)]
         ids = torch.tensor(feed, device=positions.device)
-        out = model(input_ids=ids, position_ids=positions, attention_mask=mask, cache=self.cache, use_cache=True)
+        out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                    **{cache_argument(model): self.cache})
         self.cache.commit(advanced)
         return out.logits[:, -1]
+
+
+@functools.cache
+def _cache_argument_of(model_class) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def cache_argument(model) -> str:
+    """The forward's keyword for a KV cache: `cache` in recent transformers, `past_key_values`
+    before (an unknown keyword would be swallowed by **kwargs and the cache silently ignored)."""
+    return _cache_argument_of(type(model))
 
 
 def row_forward(model, cache: SlotKVCache, row: int, tokens: list[int], keep: int) -> torch.Tensor:
@@ -119,6 +133,6 @@ def row_forward(model, cache: SlotKVCache, row: int, tokens: list[int], keep: in
     mask.masked_fill_(~visible, torch.finfo(dtype).min)
     view = cache.row_view(row)
     out = model(input_ids=ids, position_ids=positions[None, :], attention_mask=mask[None, None],
-                cache=view, use_cache=True, logits_to_keep=keep)
+                use_cache=True, logits_to_keep=keep, **{cache_argument(model): view})
     view.commit()
     return out.logits[0]

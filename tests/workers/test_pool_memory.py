@@ -26,6 +26,7 @@ def test_predicted_footprint_is_within_5_percent_of_measured(zoo_dir):
     import torch
     from transformers import DynamicCache
 
+    from workers.batching import cache_argument
     from workers.weights import load_cold, tensor_bytes
 
     for name in MODELS:
@@ -35,7 +36,7 @@ def test_predicted_footprint_is_within_5_percent_of_measured(zoo_dir):
         assert abs(fp.weight_bytes - measured) / measured <= 0.05, (name, fp.weight_bytes, measured)
         cache = DynamicCache(config=model.config)
         with torch.no_grad():
-            model(input_ids=torch.zeros(1, 100, dtype=torch.long), cache=cache, use_cache=True)
+            model(input_ids=torch.zeros(1, 100, dtype=torch.long), use_cache=True, **{cache_argument(model): cache})
         kv = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
         assert abs(fp.kv_bytes_per_token * 100 - kv) / kv <= 0.05, (name, fp.kv_bytes_per_token * 100, kv)
 
