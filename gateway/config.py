@@ -142,7 +142,7 @@ class ModelConfig(Strict):
     path: str | None = Field(None, description="Hugging Face checkpoint directory (config.json + safetensors).")
     upstream: UpstreamConfig | None = Field(
         None, description="Serve this model from a remote OpenAI-compatible API instead of the pool.")
-    dtype: str | None = Field(None, description="torch dtype to load in; default float32 on CPU, bfloat16 on GPU.")
+    dtype: str | None = Field(None, description="torch dtype to load in; default bfloat16 on GPUs and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), else float32.")
     quantization: Literal["int8"] | None = Field(
         None, description="`int8`: weight-only int8 linear layers (about half the bytes of bf16 to hold and to swap).")
 

@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter answers (about a minute)")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 weights and KV there)")
+    parser.add_argument("--dtype", default=None, help="weights and KV dtype for both systems (default: the engine's)")
     args = parser.parse_args()
 
     import torch
@@ -226,7 +227,7 @@ def main() -> None:
 
     started = time.perf_counter()
     load_start = round(os.getloadavg()[0], 2)
-    engine = Engine.load(args.model, str(Path(args.zoo) / args.model), device=args.device)
+    engine = Engine.load(args.model, str(Path(args.zoo) / args.model), device=args.device, dtype=args.dtype)
     # the same model with reuse off, for the chain's baseline
     plain = Engine(args.model, engine.model, engine.tokenizer, device=args.device, prefix_cache_bytes=0)
     jobs = make_jobs(max(levels) * per_stream, args.seed, token_range)
@@ -272,7 +273,8 @@ def main() -> None:
                                  for m in generate_rounds)
 
     hits_in_throughput_runs = engine.prefix_hit_tokens
-    out: dict = {"bench": "engine", "model": args.model, "device": args.device, "threads": args.threads, "seed": args.seed, "quick": quick,
+    out: dict = {"bench": "engine", "model": args.model, "device": args.device,
+                 "dtype": str(engine.model.dtype).removeprefix("torch."), "threads": args.threads, "seed": args.seed, "quick": quick,
                  "machine": platform.processor() or platform.machine(), "loadavg_start": load_start,
                  "rounds": rounds, "tokens_per_request": list(token_range),
                  "throughput_tok_s": {"muxgate": {}, "generate": {}}, "latency": {}}

@@ -30,6 +30,7 @@ from typing import AsyncIterator
 import torch
 
 from workers.batching import RunningBatch, StepOutput, StepPlan
+from workers.decode_attention import use_cpu_decode_attention
 from workers.detok import StopTextStream
 from workers.kv_cache import KVShape
 from workers.prefix_cache import PrefixCache
@@ -73,6 +74,8 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
+        if device == "cpu":  # one-token decode attention without SDPA's CPU flash kernel (7-10x in bf16)
+            use_cpu_decode_attention(model)
         self.max_running = max_running
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.idle_release_s = idle_release_s
@@ -109,7 +112,9 @@ class Engine:
         loader the pool uses for a cold load."""
         from workers.weights import load_cold, load_tokenizer
 
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
+        from workers.dtypes import default_dtype
+
+        torch_dtype = getattr(torch, dtype or default_dtype(device))
         model, tokenizer = load_cold(path, torch_dtype, device), load_tokenizer(path)
         return cls(name, model, tokenizer, device=device, **kw)
 

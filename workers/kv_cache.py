@@ -67,6 +67,7 @@ class SlotKVCache:
         # set by decode_inputs for the forward that follows: where each row writes, and the width
         self._flat_index: torch.Tensor | None = None
         self._width = 0
+        self._steady: tuple | None = None  # (rows, capacity, row offsets, position range) of the last decode step
 
     @property
     def rows(self) -> int:
@@ -134,15 +135,18 @@ class SlotKVCache:
         width = self._width = max(self.lengths) + 1
         self._reserve(self.rows, width)
         device = self.shape.device
-        positions = torch.tensor(self.lengths, device=device)
-        # row r, head h writes at flat position ((r * heads + h) * capacity + length_r) of a layer's keys
+        positions = torch.tensor(self.lengths, device=device)[:, None]
         heads, capacity = self.shape.kv_heads, self.data.shape[4]
-        base = (torch.arange(self.rows, device=device)[:, None] * heads + torch.arange(heads, device=device)) * capacity
-        self._flat_index = (base + positions[:, None]).flatten()
-        visible = torch.arange(width, device=device)[None, :] <= positions[:, None]
-        mask = torch.zeros(visible.shape, dtype=self.shape.dtype, device=device)
-        mask.masked_fill_(~visible, torch.finfo(self.shape.dtype).min)
-        return positions[:, None], mask[:, None, None, :]
+        if self._steady is None or self._steady[:2] != (self.rows, capacity):
+            # row r, head h writes at flat position ((r * heads + h) * capacity + length_r) of a
+            # layer's keys; the offsets and the position range change only with rows or capacity
+            base = (torch.arange(self.rows, device=device)[:, None] * heads + torch.arange(heads, device=device)) * capacity
+            self._steady = (self.rows, capacity, base, torch.arange(capacity, device=device)[None, :])
+        base, span = self._steady[2], self._steady[3]
+        self._flat_index = (base + positions).flatten()
+        hidden = span[:, :width] > positions  # positions past each row's token
+        mask = hidden.to(self.shape.dtype) * torch.finfo(self.shape.dtype).min
+        return positions, mask[:, None, None, :]
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         """HF hook for a decode step: write each row's new token at its own position, return the

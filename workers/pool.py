@@ -21,6 +21,7 @@ from typing import AsyncIterator
 
 from workers.checkpoint import read_model_info
 from workers.eviction import make_policy
+from workers.dtypes import default_dtype
 from workers.footprint import Footprint, predict_footprint
 from workers.memory import ByteLedger, nvml_memory
 from workers.types import (
@@ -120,7 +121,7 @@ class ModelPool:
         return out
 
     def dtype_name(self, spec: ModelSpec) -> str:
-        return spec.dtype or ("float32" if self.device == "cpu" else "bfloat16")
+        return spec.dtype or default_dtype(self.device)
 
     def footprint(self, model: str) -> Footprint:
         if model not in self._footprints:

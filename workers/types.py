@@ -106,5 +106,5 @@ class ModelSpec:
 
     name: str
     path: str
-    dtype: str | None = None  # None: float32 on CPU, bfloat16 on GPU
+    dtype: str | None = None  # None: workers.dtypes.default_dtype (bf16 on GPUs and on CPUs with native bf16)
     quantization: str | None = None  # "int8": weight-only int8 linear layers (kernels.quant_linear)

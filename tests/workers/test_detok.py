@@ -45,3 +45,41 @@ def test_flush_returns_what_was_held():
     s = StopTextStream(CharTokenizer(), ["ENDING"])
     assert "".join(feed(s, "abEND")) == "ab"
     assert s.flush() == "END"
+
+
+def test_streamed_text_equals_decoding_the_whole_answer_with_a_real_tokenizer(zoo_dir):
+    """Only a window of recent tokens is decoded per token; what it streams must still be exactly
+    the whole answer's text (spaces, merges, multi-byte characters split over tokens)."""
+    import random
+
+    from workers.weights import load_tokenizer
+
+    tokenizer = load_tokenizer(str(zoo_dir / "mux-2m"))
+    rng = random.Random(0)
+    samples = ["The quick brown fox — naïve café, 日本語のテキスト 🙂 and code: def f(x): return x**2",
+               "  leading spaces\n\nnew lines\tand tabs  ", "émigré ünïcödé ÆØÅ"]
+    for text in samples:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        for ids_case in (ids, [rng.randrange(tokenizer.vocab_size) for _ in range(200)]):
+            stream = StopTextStream(tokenizer, [])
+            streamed = "".join(stream.push(i) for i in ids_case) + stream.flush()
+            assert streamed == tokenizer.decode(ids_case, skip_special_tokens=True)
+
+
+def test_a_metaspace_tokenizer_keeps_its_spaces_when_streamed():
+    """Sentencepiece-style tokenizers (Llama, Mistral) drop the leading space of a text they decode
+    alone; decoding one token at a time without context would glue words together."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Metaspace()
+    corpus = ["the quick brown fox jumps over the lazy dog", "hello world, streaming text one token at a time"] * 20
+    raw.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw)
+    ids = tokenizer.encode("hello world the quick fox", add_special_tokens=False)
+    assert len(ids) > 4
+    stream = StopTextStream(tokenizer, [])
+    streamed = "".join(stream.push(i) for i in ids) + stream.flush()
+    assert streamed == tokenizer.decode(ids, skip_special_tokens=True) == "hello world the quick fox"

@@ -144,8 +144,8 @@ def test_gdsf_ages_out_models_that_stopped_being_used():
 
 def test_int8_models_are_accounted_swapped_and_served_in_fewer_bytes(zoo_dir):
     names = ["mux-2m", "mux-5m"]
-    float_pool = ModelPool(specs(zoo_dir, *names), kv_reserve_tokens=64)
-    q_specs = [ModelSpec(n, str(zoo_dir / n), quantization="int8") for n in names]
+    float_pool = ModelPool([ModelSpec(n, str(zoo_dir / n), dtype="float32") for n in names], kv_reserve_tokens=64)
+    q_specs = [ModelSpec(n, str(zoo_dir / n), dtype="float32", quantization="int8") for n in names]
     probe = ModelPool(q_specs, kv_reserve_tokens=64)
     for n in names:  # linear layers are a quarter of float32; embeddings and the head stay float
         assert probe.footprint(n).weight_bytes < 0.75 * float_pool.footprint(n).weight_bytes
