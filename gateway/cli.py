@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from gateway.config import ConfigError, load_config
@@ -17,7 +18,19 @@ def _serve(args) -> None:
 
     config = load_config(args.config)
     use_ray = config.pool.backend == "ray" and not args.no_ray
-    serve(config, host=args.host, port=args.port, use_ray=use_ray, ray_address=args.ray_address)
+    # SIGTERM asks for a clean stop, like Ctrl-C. While uvicorn serves, its handler drains the
+    # requests and shuts the pool down; then it re-raises the signal to the handler before it: this
+    # one (or ray.init's, which does the same), so `muxgate serve` exits 0, not killed by the signal.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        serve(config, host=args.host, port=args.port, use_ray=use_ray, ray_address=args.ray_address)
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    sys.exit(signum)  # unwinds (finally blocks, atexit: ray.shutdown) rather than dying on the spot
 
 
 def _zoo_build(args) -> None:

@@ -6,6 +6,7 @@ the application, and torch is imported only inside the replicas.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,12 @@ DEPLOYMENT_NAME = "ModelPool"
 BOARD_NAME = "muxgate-pool-board"
 BOARD_NAMESPACE = "serve"  # where Serve runs the replicas
 ROUTING_STATS_PERIOD_S = 0.5
+SHUTDOWN_GRACE_S = 10.0  # a stopping replica's in-flight requests get this long (Serve's default: 20 s)
+SHUTDOWN_WAIT_LOOP_S = 0.2  # how often a stopping replica checks for in-flight requests (Serve's default: 2 s)
+SHUTDOWN_MARGIN_S = 5.0  # on top of the grace: the controller's stop, the replica's hook, the status poll
 _board = None
+_shutdown_grace_s = SHUTDOWN_GRACE_S  # of the application deploy_pool deployed
+log = logging.getLogger("muxgate.pool")
 
 
 class PoolBoard:
@@ -55,6 +61,7 @@ class PoolOptions:
     max_ongoing_requests: int = 256
     autoscaling: dict | None = None
     env: dict = field(default_factory=dict)
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S  # Serve's graceful_shutdown_timeout_s for a stopping replica
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -83,6 +90,14 @@ class PoolReplica:
 
     def models(self) -> list[ModelInfo]:
         return self.pool.models()
+
+    def __del__(self):
+        """Serve's shutdown hook (after the replica drained its requests): stop every engine's
+        scheduler thread and give its weights and KV cache back, instead of leaving that to the
+        process's death."""
+        pool = getattr(self, "pool", None)  # None: the constructor failed
+        if pool is not None:
+            pool.close()
 
     def stats(self) -> dict:
         return self.pool.stats()
@@ -115,6 +130,8 @@ def build_pool_app(specs: list[ModelSpec], options: PoolOptions):
     from workers.replica_router import ModelAwareRouter
 
     kwargs = {"ray_actor_options": actor_options, "max_ongoing_requests": options.max_ongoing_requests,
+              "graceful_shutdown_timeout_s": options.shutdown_grace_s,
+              "graceful_shutdown_wait_loop_s": SHUTDOWN_WAIT_LOOP_S,
               "request_router_config": RequestRouterConfig(request_router_class=ModelAwareRouter,
                                                            request_routing_stats_period_s=ROUTING_STATS_PERIOD_S)}
     if options.autoscaling:
@@ -129,10 +146,15 @@ def deploy_pool(specs: list[ModelSpec], options: PoolOptions, ray_address: str |
     import ray
 
     if not ray.is_initialized():
+        if ray_address is None and not os.environ.get("RAY_ADDRESS"):  # a local Ray of our own
+            # Its driver flushes task events (for `ray list tasks`) when it disconnects, for up to 5 s
+            # when the GCS is already gone (see shutdown_pool); a local Ray dies with us anyway.
+            os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
         ray.init(address=ray_address, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True)
     serve.start(proxy_location="Disabled")
-    global _board  # a named actor lives as long as a handle to it does: keep one
+    global _board, _shutdown_grace_s  # a named actor lives as long as a handle to it does: keep one
+    _shutdown_grace_s = options.shutdown_grace_s
     _board = ray.remote(num_cpus=0)(PoolBoard).options(name=BOARD_NAME, namespace=BOARD_NAMESPACE,
                                                        get_if_exists=True).remote()
     return serve.run(build_pool_app(specs, options), name=APP_NAME, route_prefix=None)
@@ -155,10 +177,62 @@ async def replica_stats() -> list[dict]:
     return await ray.get_actor(BOARD_NAME, namespace=BOARD_NAMESPACE).all.remote()
 
 
+def _own_local_ray():
+    """The Ray node muxgate started itself (ray.init without an address), or None when it attached
+    to a cluster someone else runs (an address, RAY_ADDRESS, a Ray Client)."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    return node if node is not None and node.is_head() else None
+
+
+def _delete_app(timeout_s: float) -> bool:
+    """Delete the pool application and wait until Serve reports it gone, at most `timeout_s`
+    (`serve.delete` would poll once a second for up to 60 s, and wait without bound on a controller
+    that died). True when the application is gone."""
+    import ray
+    from ray.serve._private.application_state import StatusOverview
+    from ray.serve.context import _get_global_client
+    from ray.serve.generated.serve_pb2 import StatusOverview as StatusOverviewProto
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    client = _get_global_client()
+    client.delete_apps([APP_NAME], blocking=False)  # replicas drain (up to the grace), run __del__, exit
+    while (left := deadline - time.monotonic()) > 0:
+        raw = ray.get(client._controller.get_serve_status.remote(APP_NAME), timeout=left)
+        status = StatusOverview.from_proto(StatusOverviewProto.FromString(raw)).app_status.status
+        if status == ApplicationStatus.NOT_STARTED:  # what Serve reports for an application it no longer has
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def shutdown_pool() -> None:
+    """Take the pool down at shutdown, bounded; called after the gateway drained its requests.
+
+    A local Ray that muxgate started is muxgate's alone: ray.shutdown() stops its processes, the
+    replicas with them, at once. Deleting the Serve application first would only wait on Serve
+    (its drain loop and 1 s status polls: ~3 s idle), and, when the signal also reached Ray's own
+    processes (sent to the process group, `kill -- -PGID`, or the service's cgroup, systemd's stop),
+    wait on a dead controller until Ray's 60 s GCS timeout aborts the process.
+
+    On a cluster given by address the application is deleted, so its replicas drain (their
+    in-flight requests get the deployment's graceful_shutdown_timeout_s, PoolOptions.shutdown_grace_s)
+    and run their shutdown hook; after that grace plus a margin muxgate stops waiting. ray.shutdown()
+    then only disconnects: a cluster muxgate did not start is never torn down.
+    """
     import ray
 
+    if not ray.is_initialized():
+        return
+    bound_s = _shutdown_grace_s + SHUTDOWN_MARGIN_S
+    started = time.monotonic()
     try:
-        serve.delete(APP_NAME)
+        if _own_local_ray() is None and not _delete_app(bound_s):
+            log.warning("the pool application was not deleted within %.0f s; leaving it to Serve", bound_s)
+    except Exception as exc:  # a controller that died meanwhile, a timeout: disconnect all the same
+        log.warning("could not delete the pool application: %r", exc)
     finally:
         ray.shutdown()
+        log.info("pool shut down in %.1f s", time.monotonic() - started)
