@@ -72,6 +72,9 @@ class StoreAdmission:
         self.metrics = metrics
         self.fail_open = fail_open
         self._periods: dict[str, tuple[str, str]] = {}  # key id -> budget periods of its last reservation
+        # (outcome, team, model) -> the metric children a settlement counts in, looked up once
+        # (prometheus keeps a child per label set for the life of the process either way)
+        self._settled: dict[tuple, tuple] = {}
 
     async def admit(self, principal: Principal, decision: RoutingDecision, req: GenerationRequest) -> Ticket:
         """Reserve the worst case of ``req`` on the routed model (and any fallback), or refuse."""
@@ -126,8 +129,14 @@ class StoreAdmission:
             self.metrics.settlements.labels("failed").inc()
             log.exception("could not settle request %s", record.request_id)
             return
-        self.metrics.settlements.labels({True: "settled", False: "duplicate", None: "buffered"}[outcome]).inc()
-        self.metrics.cost.labels(record.team_id, record.routed_model).inc(float(record.cost_usd))
+        key = (outcome, record.team_id, record.routed_model)
+        children = self._settled.get(key)
+        if children is None:
+            children = self._settled[key] = (
+                self.metrics.settlements.labels({True: "settled", False: "duplicate", None: "buffered"}[outcome]),
+                self.metrics.cost.labels(record.team_id, record.routed_model))
+        children[0].inc()
+        children[1].inc(float(record.cost_usd))
 
 
 def usage_record(ticket: Ticket, trace, costs: CostModel) -> UsageRecord:

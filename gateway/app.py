@@ -34,10 +34,17 @@ log = logging.getLogger("muxgate.gateway")
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (x-request-id on the response) and a start time."""
+    """Gives every request an id (x-request-id on the response) and a start time.
 
-    def __init__(self, app):
+    POST /v1/chat/completions and /v1/completions go from here straight to their handlers, past
+    Starlette's exception middleware, router and per-route wrappers, and their id header is put
+    on the response itself rather than by wrapping ``send``: each layer wraps every message
+    sent, and together they cost more than auth. Anything else goes on to the app with ``send``
+    wrapped; ServerErrorMiddleware still wraps both paths."""
+
+    def __init__(self, app, endpoints: dict | None = None):
         self.app = app
+        self.endpoints = endpoints or {}  # path -> the same endpoint function its Route calls
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -46,6 +53,12 @@ class RequestIdMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["started"] = time.perf_counter()
+        endpoint = self.endpoints.get(scope["path"]) if scope["method"] == "POST" else None
+        if endpoint is not None:
+            response = await endpoint(Request(scope, receive, send))
+            response.raw_headers.append((b"x-request-id", request_id.encode()))
+            await response(scope, receive, send)
+            return
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
@@ -54,26 +67,6 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
-
-
-class InferenceRoutes:
-    """POST /v1/chat/completions and /v1/completions straight to their handlers, past
-    Starlette's exception middleware, router and per-route wrappers: each layer wraps every
-    message sent, and together they cost more than auth. Anything else goes on to the app;
-    ServerErrorMiddleware still wraps both paths."""
-
-    def __init__(self, app, endpoints: dict):
-        self.app = app
-        self.endpoints = endpoints  # path -> the same endpoint function its Route calls
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.endpoints.get(scope["path"])
-            if endpoint is not None:
-                response = await endpoint(Request(scope, receive, send))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class Gateway:
@@ -234,6 +227,5 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_exception})
     app.state.gateway = gateway
-    app.add_middleware(InferenceRoutes, endpoints=inference)  # inner: runs after the request id is set
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, endpoints=inference)
     return app

@@ -98,6 +98,10 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+# json.loads with a keyword builds a new decoder per call; one decoder serves every request.
+_strict_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def parse_json(raw: bytes) -> dict:
     """Strict JSON: UTF-8 only, no NaN/Infinity, an object at the top."""
     try:
@@ -105,7 +109,7 @@ def parse_json(raw: bytes) -> dict:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"Request body is not valid UTF-8 (byte {exc.start}).", code="invalid_json") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = _strict_decode(text)
     except RecursionError:
         raise BadRequest("The JSON body is nested too deeply.", code="invalid_json") from None
     except ValueError as exc:

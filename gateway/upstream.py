@@ -78,41 +78,64 @@ class UpstreamBackend:
             await self._session.close()
 
 
-async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict]:
-    """The stream's data events, until [DONE]. Reads whatever the network delivers and splits
-    the lines itself: a readline per SSE line cost the gateway several times more CPU."""
+_DONE = object()
+
+
+def _sse_data(raw: bytes):
+    """One SSE line's decoded data; None for a line without data, _DONE for [DONE]."""
+    line = raw.strip()
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    return _DONE if data == b"[DONE]" else _decode(data.decode("utf-8"))
+
+
+async def _sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[list[dict]]:
+    """The stream's data events, until [DONE], in lists of those that arrived together: one
+    resume of this generator per network read instead of one per event. Reads whatever the
+    network delivers and splits the lines itself (a readline per SSE line cost the gateway
+    several times more CPU). A line that does not decode raises after the events before it."""
     pending = b""
     async for piece in resp.content.iter_any():
         lines = (pending + piece).split(b"\n") if pending else piece.split(b"\n")
         pending = lines.pop()  # an incomplete last line waits for the next piece
+        events: list[dict] = []
         for raw in lines:
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
+            try:
+                event = _sse_data(raw)
+            except ValueError:
+                if events:
+                    yield events
+                raise
+            if event is _DONE:
+                if events:
+                    yield events
                 return
-            yield _decode(data.decode("utf-8"))
-    line = pending.strip()
-    if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
-        yield _decode(line[5:].strip().decode("utf-8"))
+            if event is not None:
+                events.append(event)
+        if events:
+            yield events
+    event = _sse_data(pending)
+    if event is not None and event is not _DONE:
+        yield [event]
 
 
 async def _parse_stream(resp: aiohttp.ClientResponse, started: float) -> AsyncIterator[GenerationChunk]:
     prompt_tokens = completion_tokens = 0
     finish = None
-    async for event in _sse_events(resp):
-        if "error" in event:
-            raise BackendFailed(f"upstream error: {event['error'].get('message', 'unknown')}")
-        if event.get("usage"):
-            prompt_tokens = event["usage"].get("prompt_tokens", 0)
-            completion_tokens = event["usage"].get("completion_tokens", 0)
-        for choice in event.get("choices") or []:
-            text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
-            finish = choice.get("finish_reason") or finish
-            if text:
-                completion_tokens += 1  # an estimate until the usage event gives the exact count
-                yield GenerationChunk(text, None, prompt_tokens, completion_tokens)
+    async for events in _sse_events(resp):
+        for event in events:
+            if "error" in event:
+                raise BackendFailed(f"upstream error: {event['error'].get('message', 'unknown')}")
+            if event.get("usage"):
+                prompt_tokens = event["usage"].get("prompt_tokens", 0)
+                completion_tokens = event["usage"].get("completion_tokens", 0)
+            for choice in event.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+                finish = choice.get("finish_reason") or finish
+                if text:
+                    completion_tokens += 1  # an estimate until the usage event gives the exact count
+                    yield GenerationChunk(text, None, prompt_tokens, completion_tokens)
     # the final chunk carries the upstream's exact usage (include_usage), as the pool's does
     yield GenerationChunk("", finish or "stop", prompt_tokens, completion_tokens,
                           gpu_seconds=0.0, replica="upstream")

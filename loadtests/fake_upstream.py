@@ -16,21 +16,34 @@ def _usage(n: int) -> dict:
     return {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": 12 + n}
 
 
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+async def lifespan(receive, send, startup=None, shutdown=None) -> None:
+    """Answer ASGI lifespan events, running ``startup()`` / ``shutdown()`` (if given) at each."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            if startup is not None:
+                startup()
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            if shutdown is not None:
+                await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def read_body(receive) -> bytes:
     body = b""
     while True:
         msg = await receive()
         body += msg.get("body", b"")
         if not msg.get("more_body"):
-            break
+            return body
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return await lifespan(receive, send)
+    body = await read_body(receive)
     path = scope["path"]
     if scope["method"] == "GET" and path.endswith("/models"):
         return await _json(send, {"object": "list", "data": [{"id": "fake", "object": "model", "created": 0,

@@ -4,7 +4,12 @@ muxgate (auth, routing and usage accounting on), via LiteLLM's proxy, in one run
 Load points: fixed concurrency (1, 8, 32 closed-loop clients) and fixed arrival rates (50, 200,
 500 requests/s, open loop). For each point and system: p50/p99 latency, and the added latency
 (p50/p99 over direct). Prints one JSON line.
-Usage: python -m loadtests.gateway_overhead --json [--seconds 6] [--litellm PATH]
+Usage: python -m loadtests.gateway_overhead --json [--seconds 6] [--litellm PATH] [--no-litellm] [--floor]
+--floor also measures two minimal pass-through proxies between the same load generator and the
+same upstream, as a floor for what any extra hop costs on this machine (off by default; the
+top-level fields stay muxgate's): `proxy_floor`, uvicorn + a raw ASGI app forwarding with a pooled
+aiohttp session (muxgate's own server and client stack, nothing else), and `proxy_raw`, a bare
+asyncio (uvloop) HTTP/1.1 relay with one keep-alive upstream connection per client connection.
 LiteLLM runs from its own virtualenv (it pins packages muxgate does not need):
   python3 -m venv .venv-litellm && .venv-litellm/bin/pip install 'litellm[proxy]'
 """
@@ -53,6 +58,89 @@ def wait_http(url: str, timeout: float = 120.0, headers: dict | None = None) -> 
 def start(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd,
                             env={**os.environ, **(env or {})})
+
+
+def _floor_app(upstream_url: str):
+    """uvicorn + raw ASGI + pooled aiohttp: forward the body, answer with the upstream's status
+    and body. No auth, routing, accounting, metrics or request ids."""
+    import aiohttp
+
+    from loadtests.fake_upstream import lifespan, read_body
+
+    session: list = []
+
+    def startup():
+        session.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30)))
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await lifespan(receive, send, startup, lambda: session[0].close())
+        body = await read_body(receive)
+        path = scope["path"][3:] if scope["path"].startswith("/v1") else scope["path"]
+        async with session[0].request(scope["method"], upstream_url + path, data=body,
+                                      headers={"content-type": "application/json"}) as resp:
+            data = await resp.read()
+            status = resp.status
+            ctype = resp.headers.get("content-type", "application/json").encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    return app
+
+
+async def _raw_relay(port: int, upstream_url: str) -> None:
+    """A bare HTTP/1.1 relay on asyncio streams: each client connection gets one keep-alive
+    connection to the upstream; requests and answers are relayed by Content-Length, the request
+    line's path rewritten from /v1/... to the upstream's base path. Enough for this benchmark."""
+    from urllib.parse import urlsplit
+
+    up = urlsplit(upstream_url)
+    base = up.path.rstrip("/").encode()
+
+    async def read_message(reader) -> tuple[bytes, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return head, (await reader.readexactly(length) if length else b"")
+
+    async def handle(creader, cwriter):
+        ureader, uwriter = await asyncio.open_connection(up.hostname, up.port)
+        try:
+            while True:
+                try:
+                    head, body = await read_message(creader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                first, _, rest = head.partition(b"\r\n")
+                method, path, version = first.split(b" ", 2)
+                if path.startswith(b"/v1/"):
+                    path = base + path[3:]
+                uwriter.write(b" ".join((method, path, version)) + b"\r\n" + rest + body)
+                rhead, rbody = await read_message(ureader)
+                cwriter.write(rhead + rbody)
+        finally:
+            uwriter.close()
+            cwriter.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+def serve_floor(kind: str, port: int, upstream_url: str) -> None:
+    import uvloop
+
+    if kind == "raw":
+        uvloop.run(_raw_relay(port, upstream_url))
+        return
+    import uvicorn
+
+    uvicorn.run(_floor_app(upstream_url), host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                loop="uvloop", http="httptools", timeout_keep_alive=30)
 
 
 def muxgate_config(upstream_url: str, tmp: Path, port: int) -> Path:
@@ -149,6 +237,8 @@ async def measure(targets: dict, points: list[tuple[str, float]], seconds: float
             label = f"{kind}{int(value)}"
             results[label] = {}
             for name, (url, headers) in targets.items():
+                if kind == "s" and name.startswith("proxy_"):
+                    continue  # the floors relay whole answers; streaming is not what they measure
                 if kind == "c":
                     lat, err = await closed_loop(session, url, headers, int(value), seconds, stream=False)
                 elif kind == "s":
@@ -165,13 +255,22 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--litellm", default=None, help="litellm executable (default: .venv-litellm/bin/litellm)")
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even where it is installed")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure two minimal pass-through proxies (proxy_floor, proxy_raw)")
     parser.add_argument("--rates", default="50,200,500")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--streams", default="8", help="streaming concurrency points; empty for none")
+    parser.add_argument("--serve-floor", nargs=3, metavar=("KIND", "PORT", "UPSTREAM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_floor:  # a child process of --floor
+        kind, port, upstream_url = args.serve_floor
+        serve_floor(kind, int(port), upstream_url)
+        return
 
     repo = Path(__file__).resolve().parent.parent
     litellm = args.litellm or shutil.which("litellm") or str(repo / ".venv-litellm" / "bin" / "litellm")
-    have_litellm = Path(litellm).exists()
+    have_litellm = Path(litellm).exists() and not args.no_litellm
     tmp = Path(tempfile.mkdtemp(prefix="mg-overhead-"))
     procs = []
     try:
@@ -187,6 +286,13 @@ def main() -> None:
             "direct": (upstream + "/chat/completions", {}),
             "muxgate": (f"http://127.0.0.1:{mg_port}/v1/chat/completions", {"authorization": f"Bearer {KEY}"}),
         }
+        if args.floor:
+            for kind, name in (("asgi", "proxy_floor"), ("raw", "proxy_raw")):
+                port = free_port()
+                procs.append(start([sys.executable, "-m", "loadtests.gateway_overhead", "--serve-floor", kind,
+                                    str(port), upstream], cwd=str(repo)))
+                wait_http(f"http://127.0.0.1:{port}/v1/models")
+                targets[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", {})
         if have_litellm:
             procs.append(start([litellm, "--config", str(litellm_config(upstream, tmp)), "--port", str(ll_port),
                                 "--num_workers", "1"], env={"LITELLM_LOG": "ERROR", "DISABLE_ADMIN_UI": "True"},
@@ -194,8 +300,9 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{ll_port}/health/liveliness", timeout=180)
             targets["litellm"] = (f"http://127.0.0.1:{ll_port}/v1/chat/completions",
                                   {"authorization": f"Bearer {LITELLM_KEY}"})
-        points = [("c", float(c)) for c in args.concurrency.split(",")] + \
-                 [("s", 8.0)] + [("r", float(r)) for r in args.rates.split(",")]
+        points = [("c", float(c)) for c in args.concurrency.split(",") if c] + \
+                 [("s", float(s)) for s in args.streams.split(",") if s] + \
+                 [("r", float(r)) for r in args.rates.split(",") if r]
         results = asyncio.run(measure(targets, points, args.seconds))
     finally:
         for p in procs:
@@ -217,6 +324,9 @@ def main() -> None:
     for point, r in results.items():
         for q in ("p50_ms", "p99_ms"):
             r[f"muxgate_added_{q}"] = added(point, "muxgate", q)
+            if args.floor:
+                for name in ("proxy_floor", "proxy_raw"):
+                    r[f"{name}_added_{q}"] = added(point, name, q)
             if have_litellm:
                 r[f"litellm_added_{q}"] = added(point, "litellm", q)
                 a, b = r[f"muxgate_added_{q}"], r[f"litellm_added_{q}"]

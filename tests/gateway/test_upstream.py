@@ -80,3 +80,41 @@ def test_openapi_document_is_published(gateway):
     assert doc["openapi"].startswith("3.")
     assert "/v1/chat/completions" in doc["paths"]
     assert "messages" in doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+
+
+class _Pieces:
+    """Stands in for an aiohttp response whose body arrives in the given network reads."""
+
+    def __init__(self, *pieces: bytes):
+        self.content = self
+        self._pieces = pieces
+
+    async def iter_any(self):
+        for piece in self._pieces:
+            yield piece
+
+
+def _events(*pieces: bytes) -> list:
+    from gateway.upstream import _sse_events
+
+    async def go():
+        out = []
+        try:
+            async for batch in _sse_events(_Pieces(*pieces)):
+                out.append(batch)
+        except ValueError as exc:
+            out.append(type(exc).__name__)
+        return out
+
+    return asyncio.run(go())
+
+
+def test_sse_events_arrive_in_batches_per_read_and_stop_at_done():
+    # a line split across reads waits for its end; events after [DONE] are never read
+    assert _events(b'data: {"a": 1}\n\ndata: {"b"', b': 2}\n\n: comment\ndata: [DONE]\n\ndata: {"c": 3}\n\n') == \
+        [[{"a": 1}], [{"b": 2}]]
+    assert _events(b'data: {"a": 1}\n\ndata: {"b": 2}') == [[{"a": 1}], [{"b": 2}]]  # no final newline
+
+
+def test_sse_events_before_a_bad_line_still_arrive_before_the_error():
+    assert _events(b'data: {"a": 1}\n\ndata: {not json\n\n') == [[{"a": 1}], "JSONDecodeError"]
