@@ -31,6 +31,9 @@ class ServerConfig(Strict):
     auth_failures_per_minute: int = Field(
         20, ge=0, description="Failed authentications allowed per client address per minute (per gateway process) "
         "before further attempts get 429; 0 disables the limit.")
+    shutdown_grace_s: float = Field(
+        30.0, gt=0, description="On SIGTERM/Ctrl-C, how long requests still in flight (streams included) may run "
+        "before the gateway closes them and stops.")
 
 
 class KeyConfig(Strict):
@@ -185,6 +188,9 @@ class PoolConfig(Strict):
     load_timeout_s: float = Field(120.0, gt=0, description="How long a request waits for its model to load (then 503).")
     max_ongoing_requests: int = Field(256, ge=1, description="Ray Serve max_ongoing_requests per replica.")
     autoscaling: dict | None = Field(None, description="Passed through as Ray Serve's autoscaling_config.")
+    shutdown_grace_s: float = Field(
+        10.0, gt=0, description="How long a stopping pool replica lets its unfinished requests run (Ray Serve's "
+        "graceful_shutdown_timeout_s) when the pool application is deleted or scaled down.")
 
 
 class MuxgateConfig(Strict):

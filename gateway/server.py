@@ -85,7 +85,7 @@ def make_pool_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | N
                               autoscaling=pool.autoscaling, device_budget_bytes=options["device_budget_bytes"],
                               host_budget_bytes=options["host_budget_bytes"], eviction=pool.eviction,
                               kv_reserve_tokens=pool.kv_reserve_tokens,
-                              prefix_cache_bytes=options["prefix_cache_bytes"])
+                              prefix_cache_bytes=options["prefix_cache_bytes"], shutdown_grace_s=pool.shutdown_grace_s)
     return RayServeBackend(deploy_pool(specs, ray_options, ray_address or pool.ray_address))
 
 
@@ -114,8 +114,10 @@ def serve(config: MuxgateConfig, host: str | None = None, port: int | None = Non
     ensure_zoo(config)
     backend = make_backend(config, use_ray, ray_address)
     app = create_app(config, backend)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           timeout_keep_alive=30, access_log=False))
+    # a stream still running at shutdown gets `shutdown_grace_s`, then is closed (unbounded by default)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=30,
+                                           access_log=False,
+                                           timeout_graceful_shutdown=config.server.shutdown_grace_s))
 
     async def run() -> None:
         task = asyncio.create_task(server.serve())
