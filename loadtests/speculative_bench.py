@@ -70,6 +70,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="fewer prompts and rounds (about a minute)")
+    parser.add_argument("--dtype", default=None,
+                        help="both models' dtype (default: the engine's). Texts are identical in float32; in "
+                             "bf16 a verify forward over K+1 tokens rounds differently from K+1 one-token "
+                             "forwards, so near-ties can flip")
     args = parser.parse_args()
 
     import torch
@@ -81,8 +85,8 @@ def main() -> None:
     build_zoo(Path(args.zoo), [args.model, args.draft], progress=False)
     rounds, n_jobs = (1, 4) if args.quick else (3, 6)
     started, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
-    engine = Engine.load(args.model, str(Path(args.zoo) / args.model))
-    drafter = Engine.load(args.draft, str(Path(args.zoo) / args.draft))
+    engine = Engine.load(args.model, str(Path(args.zoo) / args.model), dtype=args.dtype)
+    drafter = Engine.load(args.draft, str(Path(args.zoo) / args.draft), dtype=args.dtype)
     draft = drafter.model
     # every request runs to max_tokens (no early stop), so all systems emit the same token counts
     engine.eos_ids = set()
@@ -108,7 +112,7 @@ def main() -> None:
     forwards = engine.speculative_steps - steps0  # verify forwards of the served model
     median = {name: statistics.median(v) for name, v in rates.items()}
     out = {
-        "bench": "speculative", "model": args.model, "draft": args.draft, "draft_tokens": args.draft_tokens,
+        "bench": "speculative", "model": args.model, "dtype": str(engine.model.dtype).removeprefix("torch."), "draft": args.draft, "draft_tokens": args.draft_tokens,
         "threads": args.threads, "requests": n_jobs, "tokens_per_request": 64, "rounds": rounds,
         "machine": platform.processor() or platform.machine(), "loadavg_start": load_start,
         "tokens_per_s": {k: round(v, 1) for k, v in median.items()},
