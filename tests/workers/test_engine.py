@@ -12,7 +12,7 @@ from workers.types import ContextLengthExceeded, GenerationRequest
 @pytest.fixture(scope="module")
 def engine(zoo_dir):
     torch.set_num_threads(1)
-    eng = Engine.load("mux-5m", str(zoo_dir / "mux-5m"))
+    eng = Engine.load("mux-5m", str(zoo_dir / "mux-5m"), dtype="float32")  # exact equalities below
     yield eng
     eng.close()
 

@@ -20,9 +20,11 @@ def pair(zoo_dir):
 
     torch.set_num_threads(1)
     build_zoo(TEST_ZOO, ["mux-40m", "mux-40m-draft"], progress=False)
-    target = Engine.load("mux-40m", str(TEST_ZOO / "mux-40m"))
-    draft = Engine.load("mux-40m-draft", str(TEST_ZOO / "mux-40m-draft"))
-    unrelated = Engine.load("mux-5m", str(zoo_dir / "mux-5m"))  # same tokenizer, random: rarely agrees
+    # float32: a verify forward then gives exactly the one-token forwards' argmax (in bf16 it
+    # rounds differently and near-ties can flip, see docs/BENCHMARKS.md)
+    target = Engine.load("mux-40m", str(TEST_ZOO / "mux-40m"), dtype="float32")
+    draft = Engine.load("mux-40m-draft", str(TEST_ZOO / "mux-40m-draft"), dtype="float32")
+    unrelated = Engine.load("mux-5m", str(zoo_dir / "mux-5m"), dtype="float32")  # same tokenizer, random: rarely agrees
     yield target, draft.model, unrelated.model
     for eng in (target, draft, unrelated):
         eng.close()
