@@ -16,8 +16,14 @@ def safetensors_files(path: Path) -> list[Path]:
 def read_header(file: Path) -> dict:
     """A safetensors header: 8-byte little-endian length, then JSON (name -> dtype, shape, offsets)."""
     with file.open("rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        return json.loads(fh.read(n))
+        return read_header_from(fh)[0]
+
+
+def read_header_from(fh) -> tuple[dict, int]:
+    """The header of a safetensors file open at its start, and the offset where its tensor data
+    begins (the header's `data_offsets` count from there)."""
+    (n,) = struct.unpack("<Q", fh.read(8))
+    return json.loads(fh.read(n)), 8 + n
 
 
 def tensor_shapes(path: str | Path) -> dict[str, list[int]]:

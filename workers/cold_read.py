@@ -14,11 +14,12 @@ import ctypes
 import json
 import mmap
 import os
-import struct
 import threading
 from pathlib import Path
 
 import torch
+
+from workers.checkpoint import read_header_from
 
 MADV_POPULATE_READ = 22  # linux >= 5.14; older kernels get EINVAL and a plain read instead
 _CHUNK = 64 << 20
@@ -50,9 +51,7 @@ class MappedCheckpoint:
     def __init__(self, file: Path):
         self.file = file
         with file.open("rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            self.header = json.loads(fh.read(n))
-            self.data_start = 8 + n
+            self.header, self.data_start = read_header_from(fh)
             self.size = os.fstat(fh.fileno()).st_size
             self._map = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_PRIVATE,
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)

@@ -32,6 +32,7 @@ import torch
 from workers.batching import RunningBatch, StepOutput, StepPlan
 from workers.decode_attention import use_cpu_decode_attention
 from workers.detok import StopTextStream
+from workers.dtypes import default_dtype
 from workers.kv_cache import KVShape
 from workers.prefix_cache import PrefixCache
 from workers.sampling import make_generator, sample_next
@@ -111,8 +112,6 @@ class Engine:
         """Load a Hugging Face checkpoint directory (the zoo's or a real one), through the same
         loader the pool uses for a cold load."""
         from workers.weights import load_cold, load_tokenizer
-
-        from workers.dtypes import default_dtype
 
         torch_dtype = getattr(torch, dtype or default_dtype(device))
         model, tokenizer = load_cold(path, torch_dtype, device), load_tokenizer(path)
