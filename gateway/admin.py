@@ -48,6 +48,7 @@ async def _body(request: Request) -> dict:
 async def _admin(gw, request: Request) -> TenancyOps:
     ops = _ops(gw)
     await gw.callers.require_admin(request.headers.get("authorization"))
+    await gw.tenancy.caught_up()  # what this gateway answered is in what it reports
     return ops
 
 
@@ -100,6 +101,7 @@ async def pool(gw, request: Request) -> Response:
 async def _scoped(gw, request: Request) -> tuple[TenancyOps, str | None]:
     ops = _ops(gw)
     caller = await gw.callers.caller(request.headers.get("authorization"))
+    await gw.tenancy.caught_up()
     return ops, team_scope(caller, request.query_params.get("team"))
 
 

@@ -78,6 +78,9 @@ class StoreAdmission:
 
     async def admit(self, principal: Principal, decision: RoutingDecision, req: GenerationRequest) -> Ticket:
         """Reserve the worst case of ``req`` on the routed model (and any fallback), or refuse."""
+        # settlements this process has answered but not yet applied count first, as they would
+        # had they been written before their answers
+        await self.buffer.caught_up()
         candidates = [decision.model, *decision.fallbacks]
         for model in candidates:
             # The store checks the routed model atomically; fallbacks are checked here, since a
@@ -118,16 +121,30 @@ class StoreAdmission:
                                   key_period=key_period)
         return Ticket(reservation, worst, started_wall)
 
-    async def settle(self, ticket: Ticket | None, trace) -> None:
-        """Charge the actual cost (never above the reservation) and write the usage record."""
+    def settle(self, ticket: Ticket | None, trace) -> Awaitable[None] | None:
+        """Charge the actual cost (never above the reservation) and write the usage record.
+
+        With a journal the record is durable once this returns (None) and reaches the store in
+        the background; otherwise the returned awaitable writes it to the store (or the buffer's
+        queue) and must be awaited before the client is answered."""
         if ticket is None:
-            return
+            return None
         record = usage_record(ticket, trace, self.costs)
+        if self.buffer.record(ticket.reservation, record, lambda outcome: self._count(outcome, record)):
+            return None
+        return self._settle_now(ticket.reservation, record)
+
+    async def _settle_now(self, reservation: Reservation, record: UsageRecord) -> None:
         try:
-            outcome = await self.buffer.settle(ticket.reservation, record)
-        except Exception:
+            outcome = await self.buffer.settle(reservation, record)
+        except Exception as exc:
+            outcome = exc
+        self._count(outcome, record)
+
+    def _count(self, outcome, record: UsageRecord) -> None:
+        if isinstance(outcome, BaseException):
             self.metrics.settlements.labels("failed").inc()
-            log.exception("could not settle request %s", record.request_id)
+            log.error("could not settle request %s", record.request_id, exc_info=outcome)
             return
         key = (outcome, record.team_id, record.routed_model)
         children = self._settled.get(key)

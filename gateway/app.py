@@ -205,6 +205,8 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
         background = [asyncio.create_task(poll_pool_stats(backend, gateway.pool_metrics))]
         if gateway.tenancy is not None:
             background.append(asyncio.create_task(gateway.tenancy.watch_budgets()))
+            if gateway.tenancy.journal is not None:
+                background.append(asyncio.create_task(gateway.tenancy.watch_journal()))
         if hasattr(gateway.router, "watch"):  # hot reload of the routing policy file
             background.append(asyncio.create_task(gateway.router.watch()))
         yield

@@ -93,8 +93,10 @@ class Admission(Protocol):
     async def admit(self, principal: Principal, decision: RoutingDecision, req) -> object:
         """Reserve the request's worst case; raise a GatewayError (429/402/403) to refuse it."""
 
-    async def settle(self, ticket: object, trace: "RequestTrace") -> None:
-        """Turn the reservation into the actual cost and record the usage; called exactly once."""
+    def settle(self, ticket: object, trace: "RequestTrace") -> Awaitable[None] | None:
+        """Turn the reservation into the actual cost and record the usage; called exactly once.
+        Returns None once the record is durable, or an awaitable that makes it so (the client
+        is answered only after it completes)."""
 
 
 class OpenAdmission:
@@ -103,7 +105,7 @@ class OpenAdmission:
     async def admit(self, principal, decision, req):
         return None
 
-    async def settle(self, ticket, trace):
+    def settle(self, ticket, trace):
         return None
 
 
@@ -315,9 +317,9 @@ class CompletionService:
         for hook in self.hooks:
             try:
                 result = hook(trace)
-                if asyncio.iscoroutine(result):
+                if result is not None:
                     # its own task: a cancelled response (client gone) must not cancel settlement
-                    task = asyncio.get_running_loop().create_task(result)
+                    task = asyncio.ensure_future(result)
                     self._pending.add(task)
                     task.add_done_callback(self._hook_done)
                     tasks.append(task)
@@ -335,8 +337,8 @@ class CompletionService:
         if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
-    async def _settle(self, trace: RequestTrace) -> None:
-        await self.admission.settle(trace.ticket, trace)
+    def _settle(self, trace: RequestTrace) -> Awaitable[None] | None:
+        return self.admission.settle(trace.ticket, trace)
 
     def _log(self, trace: RequestTrace) -> None:
         """One line per request; ids and numbers only, never the key or the text."""

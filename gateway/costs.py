@@ -41,8 +41,10 @@ class Price:
 
     def raw_cost(self, prompt_tokens: int, completion_tokens: int, gpu_seconds: float) -> Decimal:
         """Unrounded dollars for these counts."""
-        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / _MILLION \
-            + _dec(gpu_seconds) * self.gpu_second
+        tokens = (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / _MILLION
+        if not self.gpu_second:  # most models: no GPU-time price (skip a float -> Decimal conversion)
+            return tokens
+        return tokens + _dec(gpu_seconds) * self.gpu_second
 
 
 FREE = Price()

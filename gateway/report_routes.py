@@ -49,6 +49,7 @@ async def usage_report(gw, request: Request) -> Response:
     q = request.query_params
     team_id = team_scope(caller, q.get("team"))
     start, end = parse_range(q.get("from"), q.get("to"))
+    await gw.tenancy.caught_up()  # what this gateway answered is in its report
     report = await build_report(store, start, end, parse_group_by(q.get("group_by")), team_id)
     if _wants_csv(request):
         return Response(report_csv(report), media_type="text/csv; charset=utf-8",
@@ -102,6 +103,7 @@ async def report_page(gw, request: Request) -> Response:
     bucket = q.get("bucket")
     if bucket not in (None, "day", "hour"):
         raise BadRequest("Invalid value for 'bucket': use day or hour.", param="bucket", code="invalid_request")
+    await gw.tenancy.caught_up()
     data = await page_data(store, start, end, team_id, pick_bucket(start, end, bucket))
     page = render_page(data, gw.tenancy.costs.baseline_model)
     return HTMLResponse(page, headers={"content-security-policy": CONTENT_SECURITY_POLICY,

@@ -20,6 +20,7 @@ from gateway.callers import AdminKey, StoreAuthenticator
 from gateway.config import AdminConfig, ConfigError, MuxgateConfig, TeamConfig
 from gateway.costs import CostModel
 from gateway.store import Conflict, InvalidInput, LedgerBuffer, Store, StoreError, open_store
+from gateway.store.journal import SettlementJournal, journal_directory
 from gateway.tenancy_metrics import TenancyMetrics
 from gateway.tenancy_ops import TenancyOps
 
@@ -62,7 +63,9 @@ class Tenancy:
         self.config = config
         self.store = store if store is not None else open_configured_store(config)
         self.admin_key = AdminKey(resolve_admin_key(config.admin))
-        self.buffer = LedgerBuffer(self.store, max_pending=config.store.ledger_buffer_max)
+        directory = journal_directory(config.store.journal_dir, self.store)
+        self.journal = SettlementJournal(directory) if directory is not None else None
+        self.buffer = LedgerBuffer(self.store, max_pending=config.store.ledger_buffer_max, journal=self.journal)
         self.costs = CostModel.from_config(config.pricing)
         self.metrics = TenancyMetrics(registry)
         self.metrics.watch(self.buffer)
@@ -80,6 +83,20 @@ class Tenancy:
             await bootstrap(self.store, self.config)
         except StoreError as exc:
             raise ConfigError(f"store {self.config.store.url}: {exc}") from exc
+        self.buffer.recover()
+
+    async def watch_journal(self) -> None:
+        """Apply what gateways that died while this one runs journaled and never applied."""
+        while True:
+            await asyncio.sleep(self.config.store.journal_recover_interval_s)
+            try:
+                self.buffer.recover()
+            except OSError as exc:
+                log.warning("could not look for orphaned journal segments: %s", exc)
+
+    async def caught_up(self) -> None:
+        """Wait until what this gateway has answered is in the store (reads after a request see it)."""
+        await self.buffer.caught_up()
 
     async def watch_budgets(self, period_s: float = 5.0) -> None:
         """Export each budgeted team's remaining dollars until cancelled (a scrape never waits on the store)."""

@@ -22,13 +22,24 @@ class LedgerBufferCollector(Collector):
         for name, value, doc in (
                 ("muxgate_ledger_buffered", b.buffered, "Usage records queued because the store was unavailable."),
                 ("muxgate_ledger_replayed", b.replayed, "Queued usage records later written to the store."),
-                ("muxgate_ledger_dropped", b.dropped, "Usage records given up on (buffer full or rejected).")):
+                ("muxgate_ledger_dropped", b.dropped, "Usage records given up on in this process (buffer full, "
+                 "or rejected by the store); with a journal, a full buffer's are kept there for the next start."),
+                ("muxgate_ledger_journal_errors", b.journal_errors,
+                 "Usage records that could not be journaled (settled before answering instead)."),
+                ("muxgate_ledger_journaled", b.journal.appended if b.journal else 0,
+                 "Usage records written to the settlement journal before their answers."),
+                ("muxgate_ledger_recovered", b.journal.recovered if b.journal else 0,
+                 "Journaled usage records of dead gateways that this gateway took over and applied.")):
             family = CounterMetricFamily(name, doc)
             family.add_metric([], value)
             yield family
         pending = GaugeMetricFamily("muxgate_ledger_pending", "Usage records waiting for the store now.")
         pending.add_metric([], b.pending)
         yield pending
+        journal = GaugeMetricFamily("muxgate_ledger_journal_pending",
+                                    "Journaled usage records not yet in the store.")
+        journal.add_metric([], b.journal.pending if b.journal else 0)
+        yield journal
 
 
 class TenancyMetrics:

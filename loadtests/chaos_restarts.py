@@ -102,11 +102,13 @@ async def gateway_restart(zoo_dir: Path, workdir: Path, per_phase: int = 6, work
 async def answered_then_killed(zoo_dir: Path, workdir: Path, answer_wait_s: float = 4.0) -> FaultReport:
     """A request the client saw complete must have its usage record even if the gateway is
     SIGKILLed right after. Made deterministic by holding the SQLite write lock from outside
-    (as a busy store would) from mid-stream until after the kill: the stream's settlement
-    cannot commit meanwhile. If the gateway sends the final bytes before the record is written,
-    the client sees a whole answer and the ledger never gets it. (A gateway that writes first
-    holds the answer back; the client is then still waiting at the kill: in flight, no record
-    expected.)"""
+    (as a busy store would) from mid-stream until after the kill: nothing the gateway writes
+    to the store can commit meanwhile. The record must then have been made durable elsewhere
+    before the answer (the settlement journal, gateway/store/journal.py): the client sees the
+    whole answer while the store is locked, and the gateway restarted on the same file applies
+    the journaled record. (With `store.journal_dir: null` the gateway holds the answer back
+    until the store commits: the client is then still waiting at the kill, in flight, and no
+    record is expected.)"""
     import sqlite3
 
     report = FaultReport("answered_then_killed")
@@ -137,7 +139,13 @@ async def answered_then_killed(zoo_dir: Path, workdir: Path, answer_wait_s: floa
             lock.rollback()
             lock.close()
         gw.stop()
-    await account(report, f"sqlite:///{db}", since, "answered", wait_s=0)  # the gateway is gone
+    # the killed gateway can write nothing more; the next one on the same file applies what it
+    # journaled (it looks at start-up)
+    await asyncio.to_thread(lambda: gw.start().wait_ready())
+    try:
+        await account(report, f"sqlite:///{db}", since, "answered", wait_s=10)
+    finally:
+        gw.stop()
     report.seconds = time.monotonic() - began
     return report
 

@@ -94,6 +94,7 @@ class RedisStore:
                  socket_timeout_s: float = 5.0) -> None:
         if not prefix or any(c.isspace() for c in prefix):
             raise InvalidInput(f"invalid redis key prefix {prefix!r}")
+        self.url = url
         self.prefix = prefix
         self._pepper = checked_pepper(pepper)
         self._clock = clock

@@ -357,6 +357,18 @@ def test_redis_service_matches_the_store_url_and_persists():
     assert rule["ports"][0]["port"] == url.port
 
 
+def test_gateway_settlement_journal_is_on_a_volume_that_outlives_the_container():
+    data, _ = configmap_config()
+    journal = data["store"]["journal_dir"]
+    container = gateway_container()
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert journal in mounts, "store.journal_dir must be a mounted volume, not the container's own layer"
+    volumes = {v["name"]: v for v in gateway_deployment()["spec"]["template"]["spec"]["volumes"]}
+    volume = volumes[mounts[journal]]
+    assert "emptyDir" in volume and volume["emptyDir"].get("medium") != "Memory", \
+        "a disk-backed emptyDir survives a container restart (a memory one counts against the pod's memory)"
+
+
 # --- the RayService --------------------------------------------------------------------------------
 
 def test_rayservice_deploys_the_pool_application_from_the_builder():
@@ -553,7 +565,7 @@ def exported_metrics() -> dict[str, set[str]]:
         registry = CollectorRegistry()
         TenancyMetrics(registry)
         registries.append(registry)
-        stub = types.SimpleNamespace(buffered=0, replayed=0, dropped=0, pending=0)
+        stub = types.SimpleNamespace(buffered=0, replayed=0, dropped=0, pending=0, journal_errors=0, journal=None)
         families += [(f.name, f.type, tuple(f._labelnames)) for f in LedgerBufferCollector(stub).collect()]
     except (ImportError, TypeError):
         pass
