@@ -3,9 +3,7 @@ store errors to them, so every tenancy failure reaches the client as OpenAI's er
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.store import errors as store_errors
@@ -34,17 +32,31 @@ class StoreDown(GatewayError):
     code = "store_unavailable"
 
 
-@contextlib.contextmanager
-def mapped_store_errors() -> Iterator[None]:
+class _MappedStoreErrors:
+    """The context manager of :func:`mapped_store_errors` (a class: it runs on every request's
+    admission; stateless, so one instance serves every block)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if kind is None:
+            return False
+        if issubclass(kind, store_errors.NotFound):
+            raise NotFound(str(exc)) from None
+        if issubclass(kind, store_errors.Conflict):
+            raise AlreadyExists(str(exc)) from None
+        if issubclass(kind, store_errors.InvalidInput):
+            raise BadRequest(str(exc), code="invalid_request") from None
+        if issubclass(kind, store_errors.StoreUnavailable):
+            log.warning("store unavailable: %s", exc)
+            raise StoreDown("The usage store is unavailable; try again shortly.", retry_after=1) from None
+        return False
+
+
+_MAPPED = _MappedStoreErrors()
+
+
+def mapped_store_errors() -> _MappedStoreErrors:
     """Turn store errors raised inside the block into the matching GatewayError."""
-    try:
-        yield
-    except store_errors.NotFound as exc:
-        raise NotFound(str(exc)) from None
-    except store_errors.Conflict as exc:
-        raise AlreadyExists(str(exc)) from None
-    except store_errors.InvalidInput as exc:
-        raise BadRequest(str(exc), code="invalid_request") from None
-    except store_errors.StoreUnavailable as exc:
-        log.warning("store unavailable: %s", exc)
-        raise StoreDown("The usage store is unavailable; try again shortly.", retry_after=1) from None
+    return _MAPPED

@@ -4,7 +4,10 @@ muxgate (auth, routing and usage accounting on), via LiteLLM's proxy, in one run
 Load points: fixed concurrency (1, 8, 32 closed-loop clients) and fixed arrival rates (50, 200,
 500 requests/s, open loop). For each point and system: p50/p99 latency, and the added latency
 (p50/p99 over direct). Prints one JSON line.
-Usage: python -m loadtests.gateway_overhead --json [--seconds 6] [--litellm PATH] [--no-litellm] [--floor]
+Each point's time per system is split into `--slices` parts (default 4, at least 2 s each) taken
+in turn (direct, muxgate, LiteLLM, direct, muxgate, ...), so a shared machine that speeds up or
+slows down during the run shifts every system's numbers alike instead of one system's.
+Usage: python -m loadtests.gateway_overhead --json [--seconds 8] [--slices 4] [--litellm PATH] [--no-litellm] [--floor]
 --floor also measures two minimal pass-through proxies between the same load generator and the
 same upstream, as a floor for what any extra hop costs on this machine (off by default; the
 top-level fields stay muxgate's): `proxy_floor`, uvicorn + a raw ASGI app forwarding with a pooled
@@ -223,7 +226,7 @@ def summarize(latencies: list[float], errors: int) -> dict:
             "p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1000, 3)}
 
 
-async def measure(targets: dict, points: list[tuple[str, float]], seconds: float) -> dict:
+async def measure(targets: dict, points: list[tuple[str, float]], seconds: float, slices: int = 1) -> dict:
     import aiohttp
 
     results = {}
@@ -234,26 +237,31 @@ async def measure(targets: dict, points: list[tuple[str, float]], seconds: float
                 async with session.post(url, json=BODY, headers=headers) as resp:
                     await resp.read()
         for kind, value in points:
-            label = f"{kind}{int(value)}"
-            results[label] = {}
-            for name, (url, headers) in targets.items():
-                if kind == "s" and name.startswith("proxy_"):
-                    continue  # the floors relay whole answers; streaming is not what they measure
-                if kind == "c":
-                    lat, err = await closed_loop(session, url, headers, int(value), seconds, stream=False)
-                elif kind == "s":
-                    lat, err = await closed_loop(session, url, headers, int(value), seconds, stream=True)
-                else:
-                    lat, err = await open_loop(session, url, headers, value, seconds)
-                results[label][name] = summarize(lat, err)
-                await asyncio.sleep(0.5)
+            # the floors relay whole answers; streaming is not what they measure
+            names = [n for n in targets if not (kind == "s" and n.startswith("proxy_"))]
+            latencies: dict[str, list[float]] = {n: [] for n in names}
+            errors = dict.fromkeys(names, 0)
+            for _ in range(slices):  # the systems take turns, a slice each
+                for name in names:
+                    url, headers = targets[name]
+                    part = seconds / slices
+                    if kind in ("c", "s"):
+                        lat, err = await closed_loop(session, url, headers, int(value), part, stream=kind == "s")
+                    else:
+                        lat, err = await open_loop(session, url, headers, value, part)
+                    latencies[name] += lat
+                    errors[name] += err
+                    await asyncio.sleep(0.2)
+            results[f"{kind}{int(value)}"] = {n: summarize(latencies[n], errors[n]) for n in names}
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per load point and system")
+    parser.add_argument("--slices", type=int, default=4,
+                        help="take each point's time in this many turns per system (each at least 2 s)")
     parser.add_argument("--litellm", default=None, help="litellm executable (default: .venv-litellm/bin/litellm)")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even where it is installed")
     parser.add_argument("--floor", action="store_true",
@@ -303,7 +311,8 @@ def main() -> None:
         points = [("c", float(c)) for c in args.concurrency.split(",") if c] + \
                  [("s", float(s)) for s in args.streams.split(",") if s] + \
                  [("r", float(r)) for r in args.rates.split(",") if r]
-        results = asyncio.run(measure(targets, points, args.seconds))
+        slices = max(1, min(args.slices, int(args.seconds // 2)))
+        results = asyncio.run(measure(targets, points, args.seconds, slices))
     finally:
         for p in procs:
             p.terminate()
@@ -343,6 +352,7 @@ def main() -> None:
     out = {
         "bench": "gateway_overhead",
         "seconds_per_point": args.seconds,
+        "slices": slices,
         "muxgate_added_p50_ms_r200": results.get("r200", {}).get("muxgate_added_p50_ms"),
         "muxgate_added_p99_ms_r200": results.get("r200", {}).get("muxgate_added_p99_ms"),
         "max_ratio_vs_litellm": max(ratios) if ratios else None,
