@@ -186,7 +186,17 @@ async def redis_restart(zoo_dir: Path, workdir: Path, before: int = 8, outage_s:
         buffered = [await a.metric("muxgate_ledger_buffered_total") for a in admins]
         up_at = time.monotonic()
         await asyncio.to_thread(redis_server.start)
-        await load.until_budget_hit(max_requests=before + budget_requests * 3 + 20)
+        # Until the gateways have replayed the outage's settlements, those requests' worst-case
+        # reservations still hold budget, and refusals for it are right; the run ends on budget
+        # refusals counted once the replay is done (else it could end before anything is served
+        # after the recovery, depending on the replay's backoff).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any([await a.metric("muxgate_ledger_pending") for a in admins]):
+            await asyncio.sleep(0.1)
+        replayed_at, most = time.monotonic(), before + budget_requests * 3 + 20
+        await load.wait_for(lambda: len(load.outcomes) >= most or sum(
+            1 for o in load.outcomes if o.code == "insufficient_quota" and o.started >= replayed_at) >= load.workers,
+            timeout_s=60)
         report.outcomes += await load.stop()
         pending_clear = False
         deadline = time.monotonic() + 30
