@@ -191,3 +191,15 @@ def test_each_store_gets_its_own_journal_directory(tmp_path):
     assert journal_directory("auto", r1).parent == Path("var/settlements")
     assert journal_directory("auto", r1) != journal_directory("auto", r2)
     assert journal_directory("auto", object()) is None  # nothing to name the store by: no journal
+
+
+async def test_a_journal_that_cannot_be_written_falls_back_to_settling_first(backend, tmp_path):
+    store = backend.open()
+    [reservation] = await _reservations(store, 1)
+    (tmp_path / "not-a-dir").write_text("a file where the journal directory should be")
+    buffer = LedgerBuffer(store, journal=SettlementJournal(tmp_path / "not-a-dir" / "j"))
+    assert buffer.record(reservation, usage_for(reservation)) is False  # not durable: the caller settles
+    assert buffer.journal_errors == 1
+    assert await buffer.settle(reservation, usage_for(reservation)) is True
+    assert len(await store.usage_records(0, 2**32)) == 1
+    await buffer.aclose()
