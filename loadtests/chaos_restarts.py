@@ -99,7 +99,8 @@ async def gateway_restart(zoo_dir: Path, workdir: Path, per_phase: int = 6, work
     return report
 
 
-async def answered_then_killed(zoo_dir: Path, workdir: Path, answer_wait_s: float = 4.0) -> FaultReport:
+async def answered_then_killed(zoo_dir: Path, workdir: Path, answer_wait_s: float = 4.0,
+                               recovered_by: str = "restart") -> FaultReport:
     """A request the client saw complete must have its usage record even if the gateway is
     SIGKILLed right after. Made deterministic by holding the SQLite write lock from outside
     (as a busy store would) from mid-stream until after the kill: nothing the gateway writes
@@ -108,16 +109,23 @@ async def answered_then_killed(zoo_dir: Path, workdir: Path, answer_wait_s: floa
     whole answer while the store is locked, and the gateway restarted on the same file applies
     the journaled record. (With `store.journal_dir: null` the gateway holds the answer back
     until the store commits: the client is then still waiting at the kill, in flight, and no
-    record is expected.)"""
+    record is expected.)
+    `recovered_by`: "restart" (the killed gateway is started again on the same file) or "peer" (a
+    second gateway on the same file, running all along, takes the dead one's journal over on
+    its periodic look, `store.journal_recover_interval_s`, set to 1 s here)."""
     import sqlite3
 
     report = FaultReport("answered_then_killed")
     began, since = time.monotonic(), time.time()
     db = (workdir / "answered.db").resolve()
-    gw = GatewayProcess(gateway_config(zoo_dir, f"sqlite:///{db}"), workdir, "answered")
+    config = gateway_config(zoo_dir, f"sqlite:///{db}", store={"journal_recover_interval_s": 1.0})
+    gw = GatewayProcess(config, workdir, "answered")
+    peer = GatewayProcess(config, workdir, "answered-peer") if recovered_by == "peer" else None
     lock = None
     try:
         gw.start().wait_ready()
+        if peer is not None:
+            peer.start().wait_ready()
         admin = Admin(gw.base_url)
         key = await admin.open_team("answered")
         await admin.aclose()
@@ -140,12 +148,14 @@ async def answered_then_killed(zoo_dir: Path, workdir: Path, answer_wait_s: floa
             lock.close()
         gw.stop()
     # the killed gateway can write nothing more; the next one on the same file applies what it
-    # journaled (it looks at start-up)
-    await asyncio.to_thread(lambda: gw.start().wait_ready())
+    # journaled (a restarted one at start-up, a running peer on its next look)
+    survivor = peer if peer is not None else gw
+    if peer is None:
+        await asyncio.to_thread(lambda: gw.start().wait_ready())
     try:
         await account(report, f"sqlite:///{db}", since, "answered", wait_s=10)
     finally:
-        gw.stop()
+        survivor.stop()
     report.seconds = time.monotonic() - began
     return report
 

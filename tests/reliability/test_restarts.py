@@ -32,12 +32,13 @@ def test_gateway_killed_and_terminated_under_load_loses_nothing(zoo_dir, tmp_pat
     assert summary["budget_hit"] and summary["budget_overshoot"] == 0
 
 
-def test_a_request_answered_before_a_kill_has_its_usage_record(zoo_dir, tmp_path):
-    report = asyncio.run(answered_then_killed(zoo_dir, tmp_path))
+@pytest.mark.parametrize("recovered_by", ["restart", "peer"])
+def test_a_request_answered_before_a_kill_has_its_usage_record(zoo_dir, tmp_path, recovered_by):
+    report = asyncio.run(answered_then_killed(zoo_dir, tmp_path, recovered_by=recovered_by))
     assert report.checks["streaming_before_lock"]
     # the answer did not wait for the locked store (the journal had the record) ...
     assert report.notes["client_saw_whole_answer_before_kill"]
-    # ... and the record survived the kill: the restarted gateway applied it
+    # ... and the record survived the kill: the restarted gateway (or the peer) applied it
     assert not report.failures(), report.failures()
 
 
