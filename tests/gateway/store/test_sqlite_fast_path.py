@@ -80,7 +80,10 @@ async def test_the_wal_is_checkpointed(tmp_path):
             reservation = await store.reserve(principal, "small", "0.01", 100)
             await store.settle(reservation, usage_for(reservation, cost_usd="0.01"))
             if i % 100 == 99:
-                await asyncio.sleep(0.05)  # let the store's thread run its checkpoint
+                # let the store's thread finish the checkpoint it was handed (a fixed sleep was
+                # not always enough on a busy machine)
+                if store._checkpoint is not None:
+                    await asyncio.wait_for(asyncio.shield(store._checkpoint), 30)
                 sizes.append(os.path.getsize(f"{path}-wal"))
         # Unchecked, the WAL grows with every commit (15 times its first size by the end);
         # checkpointed, it is reused from its start.
