@@ -253,9 +253,8 @@ class Load:
             if not o.succeeded:  # refusals come back at once: do not spin on them
                 await asyncio.sleep(0.1)
 
-    @property
-    def quota_refusals(self) -> int:
-        return sum(1 for o in self.outcomes if o.code == "insufficient_quota")
+    def quota_refusals_since(self, since: float | None) -> int:
+        return sum(1 for o in self.outcomes if o.code == "insufficient_quota" and (since is None or o.started >= since))
 
     async def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -273,10 +272,11 @@ class Load:
     async def until_count(self, n: int, timeout_s: float = 60.0) -> bool:
         return await self.wait_for(lambda: len(self.outcomes) >= n, timeout_s)
 
-    async def until_budget_hit(self, max_requests: int, timeout_s: float = 60.0) -> bool:
-        """Run until every worker was refused for the budget at least once (or `max_requests`)."""
-        return await self.wait_for(lambda: self.quota_refusals >= self.workers or len(self.outcomes) >= max_requests,
-                                   timeout_s)
+    async def until_budget_hit(self, max_requests: int, timeout_s: float = 60.0, since: float | None = None) -> bool:
+        """Run until there were as many budget refusals as workers (or `max_requests` requests);
+        `since` (a time.monotonic()): count only refusals of requests started from then on."""
+        return await self.wait_for(lambda: self.quota_refusals_since(since) >= self.workers
+                                   or len(self.outcomes) >= max_requests, timeout_s)
 
     async def stop(self) -> list[Outcome]:
         self.stopping.set()

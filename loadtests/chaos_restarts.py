@@ -163,6 +163,16 @@ async def answered_then_killed(zoo_dir: Path, workdir: Path, answer_wait_s: floa
 # ---- Redis restarted under two gateways ----------------------------------------------------------
 
 
+async def _ledger_buffers_drained(admins: list[Admin], timeout_s: float = 30.0) -> bool:
+    """Wait until no gateway holds usage records for the store (False if `timeout_s` passed)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all([await a.metric("muxgate_ledger_pending") == 0 for a in admins]):
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
 async def redis_restart(zoo_dir: Path, workdir: Path, before: int = 8, outage_s: float = 2.5, workers: int = 4,
                         budget_requests: int = 24, gateways: int = 2, how: str = "kill") -> FaultReport:
     """Two gateways on a private redis-server (append-only file, fsync always) under load; Redis
@@ -200,22 +210,10 @@ async def redis_restart(zoo_dir: Path, workdir: Path, before: int = 8, outage_s:
         # reservations still hold budget, and refusals for it are right; the run ends on budget
         # refusals counted once the replay is done (else it could end before anything is served
         # after the recovery, depending on the replay's backoff).
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and any([await a.metric("muxgate_ledger_pending") for a in admins]):
-            await asyncio.sleep(0.1)
-        replayed_at, most = time.monotonic(), before + budget_requests * 3 + 20
-        await load.wait_for(lambda: len(load.outcomes) >= most or sum(
-            1 for o in load.outcomes if o.code == "insufficient_quota" and o.started >= replayed_at) >= load.workers,
-            timeout_s=60)
+        await _ledger_buffers_drained(admins)
+        await load.until_budget_hit(max_requests=before + budget_requests * 3 + 20, since=time.monotonic())
         report.outcomes += await load.stop()
-        pending_clear = False
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if all([await a.metric("muxgate_ledger_pending") == 0 for a in admins]):
-                pending_clear = True
-                break
-            await asyncio.sleep(0.2)
-        report.checks["ledger_buffers_drained"] = pending_clear
+        report.checks["ledger_buffers_drained"] = await _ledger_buffers_drained(admins)
         dropped = [await a.metric("muxgate_ledger_dropped_total") for a in admins]
         report.checks["no_record_dropped"] = not any(dropped)
         during = [o for o in report.outcomes if down_at <= o.started and o.ended <= up_at]

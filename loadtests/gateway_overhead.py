@@ -241,10 +241,10 @@ async def measure(targets: dict, points: list[tuple[str, float]], seconds: float
             names = [n for n in targets if not (kind == "s" and n.startswith("proxy_"))]
             latencies: dict[str, list[float]] = {n: [] for n in names}
             errors = dict.fromkeys(names, 0)
+            part = seconds / slices
             for _ in range(slices):  # the systems take turns, a slice each
                 for name in names:
                     url, headers = targets[name]
-                    part = seconds / slices
                     if kind in ("c", "s"):
                         lat, err = await closed_loop(session, url, headers, int(value), part, stream=kind == "s")
                     else:

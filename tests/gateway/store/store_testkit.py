@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from gateway.store import Principal, Reservation, Store, UsageRecord, open_store
+from gateway.store import Principal, Reservation, Store, StoreUnavailable, UsageRecord, open_store
 
 from loadtests.chaos_kit import RedisProcess  # noqa: E402
 from support import HAVE_REDIS_SERVER  # noqa: E402,F401  (re-exported for the tests)
@@ -148,3 +148,27 @@ def reserve_in_child_process(url: str, principal: Principal, attempts: int, cost
 def money(value: str) -> Decimal:
     """Shorthand for the six-decimal Decimal the store returns."""
     return Decimal(value).quantize(Decimal("0.000001"))
+
+
+class FlakyStore:
+    """Wraps a real store; its settle fails with ``error`` the next ``failures`` times."""
+
+    def __init__(self, store, failures: int, error: Exception | None = None) -> None:
+        self._store = store
+        self.failures = failures
+        self.error = error or StoreUnavailable("backend down (simulated)")
+        self.attempts = 0
+
+    async def settle(self, reservation, record):
+        self.attempts += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise self.error
+        return await self._store.settle(reservation, record)
+
+
+async def acme_reservations(store, n):
+    """n reservations of $0.50 on a fresh team 'acme' with a $100 budget and one key."""
+    await store.create_team("Acme", team_id="acme", budget_usd="100")
+    principal = await store.lookup((await store.create_key("acme")).secret)
+    return [await store.reserve(principal, "small", "0.5", 100) for _ in range(n)]

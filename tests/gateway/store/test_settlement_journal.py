@@ -12,41 +12,22 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from store_testkit import usage_for
+from store_testkit import FlakyStore, acme_reservations, usage_for
 
-from gateway.store import LedgerBuffer, StoreUnavailable
+from gateway.store import LedgerBuffer
 from gateway.store.journal import SettlementJournal, journal_directory
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[3]
 
 
-async def _reservations(store, n, team="acme"):
-    await store.create_team("Acme", team_id=team, budget_usd="100")
-    principal = await store.lookup((await store.create_key(team)).secret)
-    return [await store.reserve(principal, "small", "0.5", 100) for _ in range(n)]
-
-
 def _segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("settle-*.jsonl"))
 
 
-class DownStore:
-    """A store whose settle is unavailable until ``up`` is set."""
-
-    def __init__(self, store):
-        self._store = store
-        self.up = False
-
-    async def settle(self, reservation, record):
-        if not self.up:
-            raise StoreUnavailable("down (simulated)")
-        return await self._store.settle(reservation, record)
-
-
 async def test_journaled_records_reach_the_store_and_the_segment_is_deleted(backend, tmp_path):
     store = backend.open()
-    reservations = await _reservations(store, 4)
+    reservations = await acme_reservations(store, 4)
     journal = SettlementJournal(tmp_path / "j", idle_rotate_bytes=1)
     buffer = LedgerBuffer(store, journal=journal)
     outcomes = []
@@ -62,7 +43,7 @@ async def test_journaled_records_reach_the_store_and_the_segment_is_deleted(back
 
 async def test_a_killed_gateways_records_are_applied_once_by_the_next(backend, tmp_path):
     store = backend.open()
-    reservations = await _reservations(store, 3)
+    reservations = await acme_reservations(store, 3)
     records = [usage_for(r, cost_usd="0.25") for r in reservations]
     # The first record reached the store before the "kill"; all three are in the dead journal.
     assert await store.settle(reservations[0], records[0]) is True
@@ -84,8 +65,8 @@ async def test_a_killed_gateways_records_are_applied_once_by_the_next(backend, t
 
 async def test_records_journaled_during_an_outage_survive_shutdown(backend, tmp_path):
     store = backend.open()
-    reservations = await _reservations(store, 3)
-    down = DownStore(store)
+    reservations = await acme_reservations(store, 3)
+    down = FlakyStore(store, failures=10**9)
     buffer = LedgerBuffer(down, journal=SettlementJournal(tmp_path / "j"), initial_backoff_s=0.01,
                           max_backoff_s=0.02)
     for r in reservations:
@@ -95,7 +76,7 @@ async def test_records_journaled_during_an_outage_survive_shutdown(backend, tmp_
     assert await buffer.aclose(timeout_s=0.1) == 0  # not lost: left in the journal
     assert len(_segments(tmp_path / "j")) == 1
 
-    down.up = True
+    down.failures = 0  # the store is back
     again = LedgerBuffer(store, journal=SettlementJournal(tmp_path / "j"))
     assert again.recover() == 3
     await again.caught_up()
@@ -106,7 +87,7 @@ async def test_records_journaled_during_an_outage_survive_shutdown(backend, tmp_
 
 async def test_a_torn_last_line_is_skipped_and_the_rest_recovered(backend, tmp_path):
     store = backend.open()
-    reservations = await _reservations(store, 2)
+    reservations = await acme_reservations(store, 2)
     dead = SettlementJournal(tmp_path / "j")
     for r in reservations:
         dead.append(r, usage_for(r))
@@ -195,7 +176,7 @@ def test_each_store_gets_its_own_journal_directory(tmp_path):
 
 async def test_a_journal_that_cannot_be_written_falls_back_to_settling_first(backend, tmp_path):
     store = backend.open()
-    [reservation] = await _reservations(store, 1)
+    [reservation] = await acme_reservations(store, 1)
     (tmp_path / "not-a-dir").write_text("a file where the journal directory should be")
     buffer = LedgerBuffer(store, journal=SettlementJournal(tmp_path / "not-a-dir" / "j"))
     assert buffer.record(reservation, usage_for(reservation)) is False  # not durable: the caller settles

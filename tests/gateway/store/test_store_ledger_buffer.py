@@ -5,39 +5,16 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from store_testkit import HAVE_REDIS_SERVER, T0, RedisServer, usage_for
+from store_testkit import HAVE_REDIS_SERVER, T0, FlakyStore, RedisServer, acme_reservations, usage_for
 
 from gateway.store import InvalidInput, LedgerBuffer, RedisStore, SQLiteStore, StoreUnavailable
 
 pytestmark = pytest.mark.anyio
 
 
-class FlakyStore:
-    """Wraps a real store; its settle fails with ``error`` the next ``failures`` times."""
-
-    def __init__(self, store, failures: int, error: Exception | None = None) -> None:
-        self._store = store
-        self.failures = failures
-        self.error = error or StoreUnavailable("backend down (simulated)")
-        self.attempts = 0
-
-    async def settle(self, reservation, record):
-        self.attempts += 1
-        if self.failures > 0:
-            self.failures -= 1
-            raise self.error
-        return await self._store.settle(reservation, record)
-
-
-async def _reservations(store, n):
-    await store.create_team("Acme", team_id="acme", budget_usd="100")
-    principal = await store.lookup((await store.create_key("acme")).secret)
-    return [await store.reserve(principal, "small", "0.5", 100) for _ in range(n)]
-
-
 async def test_failed_settles_are_replayed(backend):
     store = backend.open()
-    reservations = await _reservations(store, 5)
+    reservations = await acme_reservations(store, 5)
     flaky = FlakyStore(store, failures=3)
     buffer = LedgerBuffer(flaky, initial_backoff_s=0.001, max_backoff_s=0.01)
     results = [await buffer.settle(r, usage_for(r, cost_usd="0.25")) for r in reservations]
@@ -61,7 +38,7 @@ async def _more_reservation(store):
 
 async def test_queue_is_bounded_and_drops_the_oldest(backend):
     store = backend.open()
-    reservations = await _reservations(store, 5)
+    reservations = await acme_reservations(store, 5)
     flaky = FlakyStore(store, failures=10**9)
     buffer = LedgerBuffer(flaky, max_pending=3, initial_backoff_s=0.001, max_backoff_s=0.005)
     for r in reservations:
@@ -76,7 +53,7 @@ async def test_queue_is_bounded_and_drops_the_oldest(backend):
 
 async def test_rejected_records_do_not_block_the_queue(backend):
     store = backend.open()
-    reservations = await _reservations(store, 2)
+    reservations = await acme_reservations(store, 2)
     flaky = FlakyStore(store, failures=1)
     buffer = LedgerBuffer(flaky, initial_backoff_s=0.001)
     await buffer.settle(reservations[0], usage_for(reservations[0]))
@@ -88,7 +65,7 @@ async def test_rejected_records_do_not_block_the_queue(backend):
 
 async def test_aclose_reports_what_could_not_be_written(backend):
     store = backend.open()
-    [reservation] = await _reservations(store, 1)
+    [reservation] = await acme_reservations(store, 1)
     buffer = LedgerBuffer(FlakyStore(store, failures=10**9), initial_backoff_s=0.001,
                           max_backoff_s=0.005)
     await buffer.settle(reservation, usage_for(reservation))
@@ -100,7 +77,7 @@ async def test_replay_after_sqlite_is_locked_by_another_process(tmp_path):
     path = tmp_path / "muxgate.db"
     store = SQLiteStore(path, busy_timeout_s=0.05)
     try:
-        [reservation] = await _reservations(store, 1)
+        [reservation] = await acme_reservations(store, 1)
         blocker = sqlite3.connect(path, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")      # another process holds the write lock
         buffer = LedgerBuffer(store, initial_backoff_s=0.01, max_backoff_s=0.05)
@@ -121,7 +98,7 @@ async def test_replay_after_redis_restarts(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     store = RedisStore(server.url, socket_timeout_s=1.0)
     try:
-        [reservation] = await _reservations(store, 1)
+        [reservation] = await acme_reservations(store, 1)
         record = usage_for(reservation, cost_usd="0.3", time_s=T0)
         buffer = LedgerBuffer(store, initial_backoff_s=0.01, max_backoff_s=0.1)
         server.stop()
