@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from policies.schema import RoutingConfig, Strict, read_yaml, validation_lines
 
@@ -148,6 +148,21 @@ class UpstreamConfig(Strict):
     api_key_env: str | None = Field(None, description="Environment variable holding the upstream's API key.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout towards the upstream.")
     context_length: int = Field(128_000, ge=1, description="The upstream model's context, for admission's worst case.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # the upstream client speaks HTTP/1.1 over TCP or TLS; anything else fails at start, not per request
+        from urllib.parse import urlsplit
+
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://api.example.com/v1")
+        try:
+            url.port
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port ({exc})") from None
+        return value
 
 
 class ModelConfig(Strict):

@@ -92,6 +92,17 @@ def _floor_app(upstream_url: str):
     return app
 
 
+async def read_http_message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 message whose body has a Content-Length (or none): its head and its body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head, (await reader.readexactly(length) if length else b"")
+
+
 async def _raw_relay(port: int, upstream_url: str) -> None:
     """A bare HTTP/1.1 relay on asyncio streams: each client connection gets one keep-alive
     connection to the upstream; requests and answers are relayed by Content-Length, the request
@@ -101,21 +112,12 @@ async def _raw_relay(port: int, upstream_url: str) -> None:
     up = urlsplit(upstream_url)
     base = up.path.rstrip("/").encode()
 
-    async def read_message(reader) -> tuple[bytes, bytes]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        return head, (await reader.readexactly(length) if length else b"")
-
     async def handle(creader, cwriter):
         ureader, uwriter = await asyncio.open_connection(up.hostname, up.port)
         try:
             while True:
                 try:
-                    head, body = await read_message(creader)
+                    head, body = await read_http_message(creader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 first, _, rest = head.partition(b"\r\n")
@@ -123,7 +125,7 @@ async def _raw_relay(port: int, upstream_url: str) -> None:
                 if path.startswith(b"/v1/"):
                     path = base + path[3:]
                 uwriter.write(b" ".join((method, path, version)) + b"\r\n" + rest + body)
-                rhead, rbody = await read_message(ureader)
+                rhead, rbody = await read_http_message(ureader)
                 cwriter.write(rhead + rbody)
         finally:
             uwriter.close()

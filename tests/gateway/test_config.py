@@ -39,6 +39,10 @@ def test_shipped_configs_are_valid():
     ({"keys": [{"team": "t"}]}, "keys[0]"),
     ({"pool": {"backend": "kubernetes"}}, "pool.backend"),
     ({"routing": {"default_model": "ghost"}}, "default_model"),
+    ({"models": [{"name": "m", "zoo": True}, {"name": "r", "upstream": {"base_url": "api.example.com/v1",
+                                                                       "model": "x"}}]}, "models[1].upstream.base_url"),
+    ({"models": [{"name": "m", "zoo": True}, {"name": "r", "upstream": {"base_url": "ftp://example.com/v1",
+                                                                       "model": "x"}}]}, "models[1].upstream.base_url"),
 ])
 def test_errors_name_the_file_and_key_path(tmp_path, change, where):
     path = write(tmp_path, {**BASE, **change})

@@ -83,10 +83,9 @@ def test_openapi_document_is_published(gateway):
 
 
 class _Pieces:
-    """Stands in for an aiohttp response whose body arrives in the given network reads."""
+    """Stands in for an upstream response whose body arrives in the given network reads."""
 
     def __init__(self, *pieces: bytes):
-        self.content = self
         self._pieces = pieces
 
     async def iter_any(self):
