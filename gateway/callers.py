@@ -51,9 +51,9 @@ class AdminKey:
     def enabled(self) -> bool:
         return self._digest is not None
 
-    def matches(self, token: str) -> bool:
-        """Whether ``token`` is the admin key."""
-        return self._digest is not None and hmac.compare_digest(self._digest, _digest(token))
+    def matches(self, token: str, digest: str | None = None) -> bool:
+        """Whether ``token`` (whose digest the caller may have at hand) is the admin key."""
+        return self._digest is not None and hmac.compare_digest(self._digest, digest or _digest(token))
 
 
 class StoreAuthenticator:
@@ -71,9 +71,9 @@ class StoreAuthenticator:
         self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task] = {}
 
-    async def lookup(self, token: str) -> Principal | None:
+    async def lookup(self, token: str, digest: str | None = None) -> Principal | None:
         """The principal of a presented key, or None; at most ttl_s old."""
-        digest = _digest(token)
+        digest = digest or _digest(token)
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > self._clock():
             return hit[1]
@@ -116,9 +116,10 @@ class StoreAuthenticator:
     async def caller(self, authorization: str | None) -> Caller:
         """The admin or a team principal; 401 for anything else."""
         token = bearer_token(authorization)
-        if self.admin.matches(token):
+        digest = _digest(token)  # once per request: the admin check and the key cache both use it
+        if self.admin.matches(token, digest):
             return ADMIN
-        principal = await self.lookup(token)
+        principal = await self.lookup(token, digest)
         if principal is None:
             raise Unauthorized(f"Incorrect API key provided: {redact(token)}. The key may have been revoked.")
         return principal

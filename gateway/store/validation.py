@@ -6,6 +6,7 @@ restricted here once instead of escaped in every backend.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -45,10 +46,15 @@ def check_name(value: str) -> str:
 
 def check_model(value: str) -> str:
     """Model names: non-empty printable text without whitespace, up to 256 characters."""
-    if (not isinstance(value, str) or not value or len(value) > _MAX_MODEL
-            or not value.isprintable() or any(c.isspace() for c in value)):
+    if not isinstance(value, str) or not _valid_model(value):
         raise InvalidInput(f"invalid model name: {value!r}")
     return value
+
+
+@functools.lru_cache(maxsize=1024)  # a gateway's few model names are checked on every request
+def _valid_model(value: str) -> bool:
+    return bool(value) and len(value) <= _MAX_MODEL and value.isprintable() and not any(
+        c.isspace() for c in value)
 
 
 def check_models(values: Iterable[str] | None) -> tuple[str, ...]:
