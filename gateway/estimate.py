@@ -1,4 +1,5 @@
-"""An upper bound on a request's prompt tokens, computed before dispatch without a tokenizer.
+"""Prompt tokens before a tokenizer has seen the prompt: an upper bound for admission, and a
+typical count for billing when an upstream reports none.
 
 The gateway has no tokenizer (the pool owns them), yet admission must reserve the worst case
 before the model sees the prompt. Every tokenizer muxgate serves maps each token to at least one
@@ -33,3 +34,21 @@ def prompt_token_bound(req: GenerationRequest) -> int:
     else:
         body = _utf8_len(req.prompt)
     return body + REQUEST_OVERHEAD_TOKENS
+
+
+# A typical count: byte-level BPE vocabularies average about 4 bytes of English text per token,
+# and a chat template adds a few tokens per message and to prime the reply (OpenAI's own
+# accounting uses 3 and 3).
+BYTES_PER_TOKEN = 4
+TYPICAL_MESSAGE_TOKENS = 3
+TYPICAL_REQUEST_TOKENS = 3
+
+
+def prompt_token_estimate(req: GenerationRequest) -> int:
+    """About how many tokens the prompt of ``req`` takes: what a request is charged for its
+    prompt when the upstream that served it reported no usage (it ignores
+    ``stream_options.include_usage``, or the stream ended before its usage event)."""
+    if req.messages is not None:
+        return TYPICAL_REQUEST_TOKENS + sum(
+            -(-_utf8_len(m.get("content")) // BYTES_PER_TOKEN) + TYPICAL_MESSAGE_TOKENS for m in req.messages)
+    return -(-_utf8_len(req.prompt) // BYTES_PER_TOKEN)

@@ -11,6 +11,7 @@ import time
 from typing import AsyncIterator
 
 from gateway.errors import BackendFailed, BackendUnavailable, BadRequest, RateLimited
+from gateway.estimate import prompt_token_estimate
 from gateway.http_client import ConnectionFailed, HTTPClient, Response
 from workers.types import GenerationChunk, GenerationRequest, ModelInfo
 
@@ -62,7 +63,7 @@ class UpstreamBackend:
             resp = await self._client().request("POST", path, _encode(body).encode())
             if resp.status >= 400:
                 raise _upstream_error(self.name, resp.status, resp.headers, await resp.read())
-            async for chunk in _parse_stream(resp, started):
+            async for chunk in _parse_stream(resp, started, prompt_token_estimate(req)):
                 # the last chunk comes after the stream's end ([DONE]); its reader may stop there
                 finished = chunk.finish_reason is not None
                 yield chunk
@@ -109,6 +110,8 @@ async def _sse_events(resp: Response) -> AsyncIterator[list[dict]]:
         pending = lines.pop()  # an incomplete last line waits for the next piece
         events: list[dict] = []
         for raw in lines:
+            if b"data:" not in raw:
+                continue  # the blank line after each event, comments, other fields
             try:
                 event = _sse_data(raw)
             except ValueError:
@@ -128,25 +131,41 @@ async def _sse_events(resp: Response) -> AsyncIterator[list[dict]]:
         yield [event]
 
 
-async def _parse_stream(resp: Response, started: float) -> AsyncIterator[GenerationChunk]:
-    prompt_tokens = completion_tokens = 0
+async def _parse_stream(resp: Response, started: float, prompt_estimate: int = 0) -> AsyncIterator[GenerationChunk]:
+    # until the upstream's usage event (the last one) says otherwise, the prompt counts as its
+    # estimate: a stream that ends without usage (the client left, or the upstream ignores
+    # include_usage) is then charged for its prompt, which the upstream bills anyway, not for nothing
+    prompt_tokens, completion_tokens = prompt_estimate, 0
     finish = None
     async for events in _sse_events(resp):
+        # the text of the events that arrived together goes on as one chunk: they reach the
+        # client at the same moment either way, and every chunk passes several generators
+        texts = []
         for event in events:
             if "error" in event:
+                if texts:
+                    yield GenerationChunk("".join(texts), None, prompt_tokens, completion_tokens)
                 raise BackendFailed(f"upstream error: {event['error'].get('message', 'unknown')}")
-            if event.get("usage"):
-                prompt_tokens = event["usage"].get("prompt_tokens", 0)
-                completion_tokens = event["usage"].get("completion_tokens", 0)
+            usage = event.get("usage")
+            if usage:
+                prompt_tokens = _count(usage.get("prompt_tokens"), prompt_tokens)
+                completion_tokens = _count(usage.get("completion_tokens"), completion_tokens)
             for choice in event.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
                 finish = choice.get("finish_reason") or finish
                 if text:
                     completion_tokens += 1  # an estimate until the usage event gives the exact count
-                    yield GenerationChunk(text, None, prompt_tokens, completion_tokens)
-    # the final chunk carries the upstream's exact usage (include_usage), as the pool's does
+                    texts.append(text)
+        if texts:
+            yield GenerationChunk("".join(texts), None, prompt_tokens, completion_tokens)
+    # the final chunk carries the upstream's exact usage (include_usage) as the pool's does, or
+    # the estimates when the upstream sent none
     yield GenerationChunk("", finish or "stop", prompt_tokens, completion_tokens,
                           gpu_seconds=0.0, replica="upstream")
+
+
+def _count(reported, otherwise: int) -> int:
+    return reported if isinstance(reported, int) and reported >= 0 else otherwise
 
 
 def _upstream_error(name: str, status: int, headers, body: bytes) -> Exception:

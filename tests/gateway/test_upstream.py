@@ -117,3 +117,41 @@ def test_sse_events_arrive_in_batches_per_read_and_stop_at_done():
 
 def test_sse_events_before_a_bad_line_still_arrive_before_the_error():
     assert _events(b'data: {"a": 1}\n\ndata: {not json\n\n') == [[{"a": 1}], "JSONDecodeError"]
+
+
+def _chunks(*pieces: bytes, estimate: int) -> list:
+    from gateway.upstream import _parse_stream
+
+    async def go():
+        return [c async for c in _parse_stream(_Pieces(*pieces), 0.0, estimate)]
+
+    return asyncio.run(go())
+
+
+def test_a_stream_without_usage_is_charged_its_prompt_estimate_not_nothing():
+    # an upstream that ignores stream_options.include_usage (or a stream cut before its usage
+    # event): the prompt still counts, as the estimate; the completion as the text events seen
+    chunks = _chunks(b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n'
+                     b'data: {"choices": [{"delta": {"content": " there"}, "finish_reason": "stop"}]}\n\n'
+                     b"data: [DONE]\n\n", estimate=11)
+    assert [c.text for c in chunks] == ["Hi there", ""]  # events that arrived together: one chunk
+    assert (chunks[0].prompt_tokens, chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (11, 11, 2)
+    assert chunks[-1].finish_reason == "stop"
+
+
+def test_the_upstreams_usage_replaces_the_estimate():
+    chunks = _chunks(b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n',
+                     b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}\n\n'
+                     b"data: [DONE]\n\n", estimate=11)
+    assert chunks[0].prompt_tokens == 11  # what a request abandoned here would be charged
+    assert (chunks[-1].prompt_tokens, chunks[-1].completion_tokens) == (5, 1)
+
+
+def test_prompt_estimate_counts_about_four_bytes_a_token_plus_the_template():
+    from gateway.estimate import prompt_token_bound, prompt_token_estimate
+
+    chat = GenerationRequest("r", messages=[{"role": "system", "content": "x" * 40},
+                                            {"role": "user", "content": "y" * 80}])
+    assert prompt_token_estimate(chat) == 3 + (10 + 3) + (20 + 3)
+    assert prompt_token_estimate(GenerationRequest("r", prompt="z" * 9)) == 3  # rounded up
+    assert prompt_token_estimate(chat) < prompt_token_bound(chat)  # the bound stays for admission
