@@ -228,6 +228,25 @@ def summarize(latencies: list[float], errors: int) -> dict:
             "p99_ms": round(xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1000, 3)}
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat; None where there is none (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Share of CPU time the hypervisor gave to other guests while this VM wanted it: a run
+    with a high steal measured the neighbours as much as the systems under test."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
 async def measure(targets: dict, points: list[tuple[str, float]], seconds: float, slices: int = 1) -> dict:
     import aiohttp
 
@@ -244,6 +263,7 @@ async def measure(targets: dict, points: list[tuple[str, float]], seconds: float
             latencies: dict[str, list[float]] = {n: [] for n in names}
             errors = dict.fromkeys(names, 0)
             part = seconds / slices
+            cpu_before = cpu_times()
             for _ in range(slices):  # the systems take turns, a slice each
                 for name in names:
                     url, headers = targets[name]
@@ -255,6 +275,7 @@ async def measure(targets: dict, points: list[tuple[str, float]], seconds: float
                     errors[name] += err
                     await asyncio.sleep(0.2)
             results[f"{kind}{int(value)}"] = {n: summarize(latencies[n], errors[n]) for n in names}
+            results[f"{kind}{int(value)}"]["cpu_steal_pct"] = steal_pct(cpu_before, cpu_times())
     return results
 
 
@@ -314,7 +335,9 @@ def main() -> None:
                  [("s", float(s)) for s in args.streams.split(",") if s] + \
                  [("r", float(r)) for r in args.rates.split(",") if r]
         slices = max(1, min(args.slices, int(args.seconds // 2)))
+        cpu_start = cpu_times()
         results = asyncio.run(measure(targets, points, args.seconds, slices))
+        run_steal = steal_pct(cpu_start, cpu_times())
     finally:
         for p in procs:
             p.terminate()
@@ -362,6 +385,7 @@ def main() -> None:
                                      or have_litellm},
         "litellm": have_litellm,
         "machine": f"{os.cpu_count()} cores",
+        "cpu_steal_pct": run_steal,  # per point too: above a few percent, the numbers are the host's
         "points": results,
     }
     print(json.dumps(out) if args.json else json.dumps(out, indent=2))

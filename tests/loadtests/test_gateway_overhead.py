@@ -3,6 +3,7 @@ system gets its requests at every point, and with slices the systems take turns 
 so a machine that drifts during the run drifts for all of them."""
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -36,5 +37,7 @@ def test_each_system_is_measured_in_turns(slices):
         for name in ("a", "b"):
             assert results[point][name]["errors"] == 0 and results[point][name]["n"] > 0
     assert 36 <= results["r40"]["a"]["n"] <= 40  # the point's whole time, split into slices
+    if os.path.exists("/proc/stat"):  # the host's share of the point's CPU time is reported with it
+        assert 0.0 <= results["c1"]["cpu_steal_pct"] <= 100.0
     # warm-up a then b; then per point a, b once per slice
     assert _turns(log) == 1 + 2 * 2 * slices
