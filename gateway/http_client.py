@@ -34,6 +34,18 @@ class ConnectionFailed(ConnectionError):
     """The upstream could not be reached, or broke the connection before the answer was whole."""
 
 
+def clean_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    """Headers as sent: values without surrounding whitespace (a key read from a file often ends
+    in a newline); a line break inside a name or value would inject headers, so it is refused."""
+    out = {}
+    for name, value in (headers or {}).items():
+        value = str(value).strip()
+        if any(c in name or c in value for c in "\r\n\0"):
+            raise ValueError(f"header {name!r} contains a line break or NUL")
+        out[name] = value
+    return out
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; carries one call at a time."""
 
@@ -287,7 +299,7 @@ class HTTPClient:
         host_header = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal keeps its brackets
         if self.port != (443 if self.tls else 80):
             host_header += f":{self.port}"
-        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        extra = "".join(f"{k}: {v}\r\n" for k, v in clean_headers(headers).items())
         self._common = (f"host: {host_header}\r\nuser-agent: muxgate\r\naccept-encoding: identity\r\n"
                         f"{extra}").encode("latin-1")
         self._heads: dict[tuple[str, str], bytes] = {}

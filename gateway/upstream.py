@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 from gateway.errors import BackendFailed, BackendUnavailable, BadRequest, RateLimited
 from gateway.estimate import prompt_token_estimate
-from gateway.http_client import ConnectionFailed, HTTPClient, Response
+from gateway.http_client import ConnectionFailed, HTTPClient, Response, clean_headers
 from workers.types import GenerationChunk, GenerationRequest, ModelInfo
 
 _decode = json.JSONDecoder().decode
@@ -28,7 +28,8 @@ class UpstreamBackend:
         self.base_url = base_url.rstrip("/")
         self.remote_model = remote_model
         self.context_length = context_length
-        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        # checked here, at start-up: a key with a line break in it fails now, not on every request
+        self._headers = clean_headers({"authorization": f"Bearer {api_key.strip()}"} if api_key else {})
         self._timeout_s = timeout_s
         self._http: HTTPClient | None = None
 

@@ -317,3 +317,21 @@ def test_https_upstream_is_verified_against_the_given_authority():
             return ok
 
     assert run(go()) == (200, b"POST /v1/chat/completions HTTP/1.1|secret")
+
+
+def test_an_api_key_with_a_trailing_newline_is_sent_clean_and_a_line_break_inside_refused():
+    async def handler(up, reader, writer):
+        head, _ = await read_http_message(reader)
+        writer.write(answer(head.split(b"\r\n\r\n")[0]))
+        await reader.read()
+
+    async def go():
+        async with Upstream(handler) as up:
+            client = HTTPClient(up.url, headers={"authorization": "Bearer sk-123\n"})
+            _, head = await call(client)
+            await client.close()
+            return head
+
+    assert b"authorization: Bearer sk-123\r\n" in run(go()) + b"\r\n"
+    with pytest.raises(ValueError):
+        HTTPClient("http://127.0.0.1:9/v1", headers={"authorization": "Bearer a\r\nx-evil: 1"})
