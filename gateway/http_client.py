@@ -303,7 +303,7 @@ class HTTPClient:
         self._common = (f"host: {host_header}\r\nuser-agent: muxgate\r\naccept-encoding: identity\r\n"
                         f"{extra}").encode("latin-1")
         self._heads: dict[tuple[str, str], bytes] = {}
-        self._idle: list[_Connection] = []
+        self._idle: deque[_Connection] = deque()  # oldest first: put at the right, reused from the right
         self._draining: set[_Connection] = set()
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
@@ -381,8 +381,13 @@ class HTTPClient:
         if self._closed:
             conn.abort()
             return
-        conn.idle_since = time.monotonic()
-        self._idle.append(conn)
+        conn.idle_since = now = time.monotonic()
+        idle = self._idle
+        idle.append(conn)
+        # connections left idle past keepalive_s (after a burst, say) are closed rather than
+        # kept open until reused: the oldest are at the left
+        while idle[0] is not conn and (idle[0].closed or now - idle[0].idle_since >= self.keepalive_s):
+            idle.popleft().abort()
 
     def _drain(self, conn: _Connection) -> None:
         """Wait briefly for the rest of a message the caller no longer needs, then pool the
@@ -403,7 +408,7 @@ class HTTPClient:
 
     async def close(self) -> None:
         self._closed = True
-        for conn in self._idle + list(self._draining):
+        for conn in [*self._idle, *self._draining]:
             conn.abort()
         self._idle.clear()
 

@@ -335,3 +335,30 @@ def test_an_api_key_with_a_trailing_newline_is_sent_clean_and_a_line_break_insid
     assert b"authorization: Bearer sk-123\r\n" in run(go()) + b"\r\n"
     with pytest.raises(ValueError):
         HTTPClient("http://127.0.0.1:9/v1", headers={"authorization": "Bearer a\r\nx-evil: 1"})
+
+
+def test_connections_left_idle_past_keepalive_after_a_burst_are_closed():
+    async def handler(up, reader, writer):
+        try:
+            while True:
+                await read_http_message(reader)
+                await asyncio.sleep(0.05)
+                writer.write(answer(b"ok"))
+        finally:
+            up.closed_by_peer_count = getattr(up, "closed_by_peer_count", 0) + 1
+
+    async def go():
+        async with Upstream(handler) as up:
+            client = HTTPClient(up.url, keepalive_s=0.3)
+            await asyncio.gather(*[call(client) for _ in range(4)])  # a burst: four connections
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 0.6
+            while loop.time() < until:  # then one call at a time: the newest connection serves them
+                await call(client)
+            await asyncio.sleep(0.1)
+            closed = getattr(up, "closed_by_peer_count", 0)
+            await client.close()
+            return up.connections, closed
+
+    connections, closed = run(go())
+    assert connections == 4 and closed == 3  # the three the burst left behind, not the one in use
