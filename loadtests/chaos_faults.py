@@ -66,13 +66,22 @@ def sqlite_gateway_config(zoo_dir: Path, workdir: Path, **server) -> dict:
                           pool={"device_budget_mb": DEVICE_BUDGET_MB}, **server)
 
 
-async def warm(base_url: str, key: str, model: str = MODEL) -> Outcome:
-    """Load `model` before anything is measured (the request counts like any other)."""
+async def warm(base_url: str, key: str, model: str = MODEL, within_s: float = 120.0) -> list[Outcome]:
+    """Load `model` before anything is measured; every request sent counts like any other.
+
+    A load can outlast a short first-token timeout on a busy machine: the request then gets a
+    503 while the load goes on, and the next one is tried (until `within_s`)."""
+    outcomes: list[Outcome] = []
+    deadline = time.monotonic() + within_s
     async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as client:
-        o = await call(client, base_url, key, chat(model, 1), label="warmup")
-    if not o.succeeded:
-        raise RuntimeError(f"warm-up request failed: {o.brief()} {o.error}")
-    return o
+        while True:
+            o = await call(client, base_url, key, chat(model, 1), label="warmup")
+            outcomes.append(o)
+            if o.succeeded:
+                return outcomes
+            if o.code != "backend_unavailable" or time.monotonic() > deadline:
+                raise RuntimeError(f"warm-up request failed: {o.brief()} {o.error}")
+            await asyncio.sleep(0.5)
 
 
 async def spend_budget(report: FaultReport, base_url: str, key: str, requests: int) -> None:

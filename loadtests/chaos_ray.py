@@ -133,7 +133,7 @@ async def replica_killed(zoo_dir: Path, workdir: Path, workers: int = 2, before:
         probe_key = await admin.open_team("ray-probe")
         budget = budget_for(budget_requests)
         key = await admin.budget_team("ray-load", budget)
-        report.outcomes.append(await warm(gw.base_url, probe_key))
+        report.outcomes.extend(await warm(gw.base_url, probe_key))
         first = replica_actors()
         report.checks["replica_found"] = len(first) == 1
         load = Load(lambda: gw.base_url, key, workers=workers).start()

@@ -60,7 +60,7 @@ async def gateway_restart(zoo_dir: Path, workdir: Path, per_phase: int = 6, work
         probe_key = await admin.open_team("restart-probe")
         budget = budget_for(budget_requests)
         key = await admin.budget_team("restart-load", budget)
-        report.outcomes.append(await warm(gw.base_url, probe_key))
+        report.outcomes.extend(await warm(gw.base_url, probe_key))
         load = Load(lambda: gw.base_url, key, workers=workers).start()
         long_client = httpx.AsyncClient(timeout=CLIENT_TIMEOUT)
         for phase, kind in enumerate(kinds, start=1):
@@ -129,7 +129,7 @@ async def answered_then_killed(zoo_dir: Path, workdir: Path, answer_wait_s: floa
         admin = Admin(gw.base_url)
         key = await admin.open_team("answered")
         await admin.aclose()
-        report.outcomes.append(await warm(gw.base_url, key))
+        report.outcomes.extend(await warm(gw.base_url, key))
         async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT) as client:
             stream = LongStream(client, gw.base_url, key, max_tokens=48, label="answered")
             stream.want = 1
@@ -197,7 +197,7 @@ async def redis_restart(zoo_dir: Path, workdir: Path, before: int = 8, outage_s:
         budget = budget_for(budget_requests)
         key = await admins[0].budget_team("redis-load", budget)
         for p in procs:
-            report.outcomes.append(await warm(p.base_url, probe_key))
+            report.outcomes.extend(await warm(p.base_url, probe_key))
         load = Load([(lambda p=p: p.base_url) for p in procs], key, workers=workers).start()
         await load.until_count(before)
         down_at = time.monotonic()  # not a kill of report.kills: no client connection may break
