@@ -153,15 +153,9 @@ class UpstreamConfig(Strict):
     @classmethod
     def _http_url(cls, value: str) -> str:
         # the upstream client speaks HTTP/1.1 over TCP or TLS; anything else fails at start, not per request
-        from urllib.parse import urlsplit
+        from gateway.http_client import split_base_url
 
-        url = urlsplit(value)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host, e.g. https://api.example.com/v1")
-        try:
-            url.port
-        except ValueError as exc:
-            raise ValueError(f"has an invalid port ({exc})") from None
+        split_base_url(value)
         return value
 
 

@@ -1,7 +1,8 @@
 """A lean pooled HTTP/1.1 client for the gateway's calls to remote upstreams.
 
-aiohttp's client cost ~260 µs of CPU per streamed upstream call on the 2-core reference machine,
-this one ~50 µs (docs/BENCHMARKS.md): a fifth of everything the gateway does for a request. It
+aiohttp's client cost ~285 µs of CPU per streamed upstream call on the 2-core reference machine
+(a fifth of everything the gateway did for a request), this one ~96 µs
+(`python -m loadtests.upstream_client_bench`, docs/BENCHMARKS.md). It
 does what an OpenAI-compatible upstream needs and no more: HTTP/1.1 over TCP or TLS; keep-alive
 connections reused most-recent-first; bodies by Content-Length, chunked or until close (httptools
 parses them); gzip and deflate answers; a connect timeout and a deadline for the whole call;
@@ -32,6 +33,20 @@ _DRAIN_MAX_BYTES = 64 * 1024
 
 class ConnectionFailed(ConnectionError):
     """The upstream could not be reached, or broke the connection before the answer was whole."""
+
+
+def split_base_url(base_url: str):
+    """``base_url`` split (urllib's SplitResult), or ValueError unless it is http(s) with a host
+    and a valid port: the one check both the config and the client make."""
+    url = urlsplit(base_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, e.g. https://api.example.com/v1, "
+                         f"not {base_url!r}")
+    try:
+        url.port
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port ({exc}): {base_url!r}") from None
+    return url
 
 
 def clean_headers(headers: dict[str, str] | None) -> dict[str, str]:
@@ -73,8 +88,10 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(ConnectionFailed(f"malformed HTTP answer from the upstream: {exc}"))
-            self.abort()
+            if self.response is not None:
+                self.response._abort(ConnectionFailed(f"malformed HTTP answer from the upstream: {exc}"))
+            else:
+                self.abort()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -127,10 +144,6 @@ class _Connection(asyncio.Protocol):
 
     # ---------------------------------------------------------------------------------------------
 
-    def _fail(self, exc: Exception) -> None:
-        if self.response is not None:
-            self.response._fail(exc)
-
     def abort(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -140,7 +153,7 @@ class _Connection(asyncio.Protocol):
 class Response:
     """One call's answer: ``status`` and ``headers`` (lower-case names) once returned by
     ``HTTPClient.request``; the body through ``iter_any()`` or ``read()``. ``release()`` must be
-    called when done with it (the client's ``request`` context does)."""
+    called when done with it (in a ``finally``)."""
 
     def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop):
         self._conn = conn
@@ -173,8 +186,7 @@ class Response:
         if encoding in ("gzip", "x-gzip", "deflate"):
             self._decompress = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # gzip or zlib, by header
         elif encoding not in ("identity", ""):
-            self._fail(ConnectionFailed(f"upstream answered with unsupported content-encoding {encoding!r}"))
-            self._conn.abort()
+            self._abort(ConnectionFailed(f"upstream answered with unsupported content-encoding {encoding!r}"))
             return
         if not self._headers_ready.done():
             self._headers_ready.set_result(None)
@@ -184,8 +196,7 @@ class Response:
             try:
                 body = self._decompress.decompress(body)
             except zlib.error as exc:
-                self._fail(ConnectionFailed(f"upstream answer does not decompress: {exc}"))
-                self._conn.abort()
+                self._abort(ConnectionFailed(f"upstream answer does not decompress: {exc}"))
                 return
             if not body:
                 return
@@ -220,10 +231,14 @@ class Response:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _abort(self, exc: BaseException) -> None:
+        """Fail the call with ``exc`` and drop its connection (its state is unknown now)."""
+        self._fail(exc)
+        self._conn.abort()
+
     def _timed_out(self) -> None:
         self._timer = None
-        self._fail(TimeoutError("upstream call exceeded its deadline"))
-        self._conn.abort()
+        self._abort(TimeoutError("upstream call exceeded its deadline"))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -285,9 +300,7 @@ class HTTPClient:
     def __init__(self, base_url: str, headers: dict[str, str] | None = None, timeout_s: float = 120.0,
                  connect_timeout_s: float = 5.0, keepalive_s: float = 15.0, max_connections: int = 512,
                  ssl_context: ssl.SSLContext | None = None):
-        url = urlsplit(base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"upstream base_url must be http(s)://host[:port]/path, not {base_url!r}")
+        url = split_base_url(base_url)
         self.host = url.hostname
         self.tls = url.scheme == "https"
         self.port = url.port or (443 if self.tls else 80)

@@ -240,8 +240,8 @@ def cpu_times() -> tuple[int, int] | None:
 
 
 def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """Share of CPU time the hypervisor gave to other guests while this VM wanted it: a run
-    with a high steal measured the neighbours as much as the systems under test."""
+    """Share of this VM's CPU time (all CPUs, idle included) that the hypervisor gave to other
+    guests instead: a run with a high steal measured the neighbours as much as the systems."""
     if before is None or after is None or after[1] <= before[1]:
         return None
     return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 2)

@@ -8,7 +8,6 @@ Run: python -m loadtests.upstream_client_bench --json [--calls 3000 --rounds 4]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import resource
 import statistics

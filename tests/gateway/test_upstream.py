@@ -123,7 +123,7 @@ def _chunks(*pieces: bytes, estimate: int) -> list:
     from gateway.upstream import _parse_stream
 
     async def go():
-        return [c async for c in _parse_stream(_Pieces(*pieces), 0.0, estimate)]
+        return [c async for c in _parse_stream(_Pieces(*pieces), estimate)]
 
     return asyncio.run(go())
 
