@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -31,6 +32,17 @@ def _serve(args) -> None:
 
 def _exit_on_sigterm(signum, frame) -> None:
     sys.exit(signum)  # unwinds (finally blocks, atexit: ray.shutdown) rather than dying on the spot
+
+
+def _env_port() -> int | None:
+    """$MUXGATE_PORT, so a wrapper (CI, a container) can move the README's command to a free port."""
+    value = os.environ.get("MUXGATE_PORT", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) > 65535:
+        print(f"muxgate: MUXGATE_PORT={value!r} is not a port number (0-65535)", file=sys.stderr)
+        sys.exit(2)
+    return int(value)
 
 
 def _zoo_build(args) -> None:
@@ -82,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway and the model pool")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     p.add_argument("--host", default=None, help="listen address (default: server.host in the config)")
-    p.add_argument("--port", type=int, default=None, help="listen port (default: server.port in the config)")
+    p.add_argument("--port", type=int, default=_env_port(),
+                   help="listen port (default: $MUXGATE_PORT when set, else server.port in the config)")
     p.add_argument("--no-ray", action="store_true", help="run models in this process instead of Ray Serve")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (e.g. ray://host:10001)")
     p.set_defaults(func=_serve)

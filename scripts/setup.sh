@@ -23,16 +23,24 @@ pick_python() {
 }
 
 if [ ! -x .venv/bin/python ]; then
-  "$(pick_python)" -m venv .venv
+  py=$(pick_python)
+  echo "setup: creating .venv with $py" >&2
+  "$py" -m venv .venv
 fi
-stamp=.venv/.muxgate-installed$( [ -n "$extras" ] && echo "-test" )
+# One stamp per install flavour: the runtime install and the test install are tracked apart, so
+# `setup.sh --test` after a plain `setup.sh` adds the test tools. (Written with ${extras:+…}, not a
+# command substitution: under `set -e` a substitution whose test fails would end the script here.)
+stamp=".venv/.muxgate-installed${extras:+-test}"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "installing muxgate$extras and its dependencies into .venv (first time: a few minutes)" >&2
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "setup: .venv already has muxgate$extras for this pyproject.toml; nothing to install" >&2
+else
+  echo "setup: installing muxgate$extras and its dependencies into .venv (first time: a few minutes)" >&2
   # torch is pinned in pyproject.toml to a CPU build; on a GPU machine install the matching CUDA
   # wheel of the same version into .venv first and this step keeps it.
-  .venv/bin/python -m pip install --quiet -e ".$extras"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".$extras"
   echo "$want" > "$stamp"
+  echo "setup: done" >&2
 fi
 if [ -n "$extras" ]; then
   scripts/install-chromium.sh
