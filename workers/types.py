@@ -26,6 +26,24 @@ class GenerationRequest:
     # `draft_tokens` tokens per step (greedy requests only; the answer is the same without it)
     draft_model: str | None = None
     draft_tokens: int = 4
+    # --- the agent / structured-output part of the chat API (OpenAI's shapes, already validated
+    # by the gateway; the pool's engine enforces them, an upstream passes them through) ---
+    # function tools: [{"type": "function", "function": {"name", "description", "parameters", "strict"}}]
+    tools: list[dict] | None = None
+    # "none" | "auto" | "required" | {"type": "function", "function": {"name": ...}}; None: OpenAI's default
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    # {"type": "text"} | {"type": "json_object"} | {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}
+    response_format: dict | None = None
+    n: int = 1  # choices, decoded together; chunks carry their `index`
+    logprobs: bool = False
+    top_logprobs: int = 0  # 0-20, with logprobs
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None  # token id -> bias in [-100, 100]
+    # the rest, for an upstream: OpenAI fields the gateway validated and passes on unchanged
+    # (e.g. `user`), never read by the pool
+    passthrough: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -34,12 +52,27 @@ class GenerationRequest:
 
 @dataclass
 class GenerationChunk:
-    """A piece of a streamed answer. The last chunk has `finish_reason` set and the exact counts."""
+    """A piece of a streamed answer. The last chunk has `finish_reason` set and the exact counts.
+
+    With `n` > 1 each chunk belongs to one choice (`index`); the stream ends when every choice has
+    had its finishing chunk. `prompt_tokens` is the prompt's count (the same on every choice);
+    `completion_tokens` is cumulative per choice, so a request's total is the sum over choices.
+    """
 
     text: str = ""
-    finish_reason: str | None = None  # "stop" | "length" | None while streaming
+    finish_reason: str | None = None  # "stop" | "length" | "tool_calls" | None while streaming
     prompt_tokens: int = 0
-    completion_tokens: int = 0  # cumulative so far
+    completion_tokens: int = 0  # cumulative so far, for this choice
+    index: int = 0  # the choice this chunk belongs to
+    # tool-call deltas in OpenAI's streamed shape: the first delta of a call carries index, id,
+    # type and function.name (arguments ""), later ones {"index", "function": {"arguments": piece}};
+    # a call is never shown as text, and its text is never split across `text` and here
+    tool_calls: list[dict] | None = None
+    # OpenAI's per-token entries for this chunk's tokens:
+    # [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]
+    logprobs: list[dict] | None = None
+    # the grammar that constrained this choice, when one did ("json_schema", "json_object", "tool_call")
+    constrained: str | None = None
     replica: str | None = None
     # accelerator time attributed to this request so far: a step's busy time shared by the
     # sequences in it in proportion to the tokens each consumed (for cost attribution)
