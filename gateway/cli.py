@@ -24,7 +24,7 @@ def _serve(args) -> None:
     # one (or ray.init's, which does the same), so `muxgate serve` exits 0, not killed by the signal.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        serve(config, host=args.host, port=args.port, use_ray=use_ray, ray_address=args.ray_address)
+        serve(config, host=args.host, port=serve_port(args), use_ray=use_ray, ray_address=args.ray_address)
     except SystemExit as exc:
         if exc.code != signal.SIGTERM:
             raise
@@ -34,11 +34,12 @@ def _exit_on_sigterm(signum, frame) -> None:
     sys.exit(signum)  # unwinds (finally blocks, atexit: ray.shutdown) rather than dying on the spot
 
 
-def _env_port() -> int | None:
-    """$MUXGATE_PORT, so a wrapper (CI, a container) can move the README's command to a free port."""
+def serve_port(args) -> int | None:
+    """--port, else $MUXGATE_PORT (so a wrapper, CI or a container, can move the README's command
+    to a free port), else None: server.port in the config."""
     value = os.environ.get("MUXGATE_PORT", "").strip()
-    if not value:
-        return None
+    if args.port is not None or not value:
+        return args.port
     if not value.isdigit() or int(value) > 65535:
         print(f"muxgate: MUXGATE_PORT={value!r} is not a port number (0-65535)", file=sys.stderr)
         sys.exit(2)
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the gateway and the model pool")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     p.add_argument("--host", default=None, help="listen address (default: server.host in the config)")
-    p.add_argument("--port", type=int, default=_env_port(),
+    p.add_argument("--port", type=int, default=None,
                    help="listen port (default: $MUXGATE_PORT when set, else server.port in the config)")
     p.add_argument("--no-ray", action="store_true", help="run models in this process instead of Ray Serve")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (e.g. ray://host:10001)")
