@@ -170,7 +170,33 @@ async def list_models(gw: Gateway, request: Request) -> Response:
 
 
 async def healthz(gw: Gateway, request: Request) -> Response:
+    """Liveness: the process serves HTTP. Says nothing of the store or the pool (see readyz)."""
     return JSONResponse({"status": "ok", "models": len(gw.config.models)})
+
+
+READY_CHECK_TIMEOUT_S = 2.0  # a probe's own timeout is ~3 s; answer before it gives up
+
+
+async def readyz(gw: Gateway, request: Request) -> Response:
+    """Readiness: the store answers and the pool lists its models, each within 2 s. 503 names
+    what failed, so a load balancer sends no traffic to a gateway that would only answer 503."""
+    checks = {"pool": gw.backend.models()}
+    if gw.tenancy is not None:
+        checks["store"] = gw.tenancy.store.ping()
+
+    async def outcome(check) -> str:
+        try:
+            await asyncio.wait_for(check, READY_CHECK_TIMEOUT_S)
+            return "ok"
+        except asyncio.TimeoutError:
+            return f"no answer within {READY_CHECK_TIMEOUT_S:g} s"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready; say which
+            return f"{type(exc).__name__}: {exc}"[:200]
+
+    results = dict(zip(checks, await asyncio.gather(*map(outcome, checks.values()))))  # side by side
+    ready = all(v == "ok" for v in results.values())
+    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": results},
+                        status_code=200 if ready else 503)
 
 
 async def openapi(gw: Gateway, request: Request) -> Response:
@@ -222,6 +248,7 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in inference.items()),
         Route("/v1/models", _endpoint(list_models), methods=["GET"]),
         Route("/healthz", _endpoint(healthz), methods=["GET"]),
+        Route("/readyz", _endpoint(readyz), methods=["GET"]),
         Route("/metrics", _endpoint(metrics), methods=["GET"]),
         Route("/openapi.json", _endpoint(openapi), methods=["GET"]),
         *admin.routes(_endpoint),

@@ -269,9 +269,10 @@ def test_gateway_port_agrees_everywhere():
     port = data["server"]["port"]
     container = gateway_container()
     assert container_port(container, "http") == port
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    # liveness and start-up: the process answers; readiness: the store and the pool answer too
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         http = container[probe]["httpGet"]
-        assert http["path"] == "/healthz", probe
+        assert http["path"] == path, probe
         assert container_port(container, http["port"]) == port, probe
     service = find("Service", "muxgate-gateway")
     (svc_port,) = service["spec"]["ports"]
