@@ -60,6 +60,12 @@ class RunningBatch:
             self.cache.load_prefix(seq.row, prefix, reused)
         seq.prefilled = reused
 
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Give `child` (admitted, empty row) a copy of `parent`'s prompt KV: n > 1 choices prefill once."""
+        n = len(parent.prompt_ids)
+        self.cache.load_prefix(child.row, self.cache.data[:, :, parent.row], n)
+        child.prefilled = n
+
     def leave(self, seq: Sequence) -> None:
         moved = self.cache.remove(seq.row)
         last = self.rows.pop()

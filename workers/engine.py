@@ -30,14 +30,19 @@ from typing import AsyncIterator
 import torch
 
 from workers.batching import RunningBatch, StepOutput, StepPlan
+from workers.choice_output import ChoiceOutput
 from workers.decode_attention import use_cpu_decode_attention
 from workers.detok import StopTextStream
 from workers.dtypes import default_dtype
+from workers.grammar import GrammarMask, TokenizerGrammars, grammar_spec
 from workers.kv_cache import KVShape
+from workers.logits import TokenVocab, row_logits
 from workers.prefix_cache import PrefixCache
 from workers.sampling import make_generator, sample_next
 from workers.sequence import Sequence
 from workers.speculative import DraftState, accepted_prefix
+from workers.tool_format import render_chat
+from workers.tool_stream import ToolCallStream
 from workers.types import ContextLengthExceeded, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,9 @@ class Engine:
         self.speculate_max_batch = speculate_max_batch
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos_ids = _eos_ids(model, tokenizer)
+        # structured outputs: grammars for this tokenizer, compiled on first use and cached
+        self.grammars = TokenizerGrammars(tokenizer, int(model.config.vocab_size), self.eos_ids)
+        self._vocab: TokenVocab | None = None  # token texts and bytes, for logprobs
         self._bos = getattr(model.config, "bos_token_id", None)
         self._shape = KVShape.of(model)
         window = getattr(model.config, "sliding_window", None)
@@ -151,14 +159,19 @@ class Engine:
     def encode(self, req: GenerationRequest) -> list[int]:
         """Prompt token ids: the chat template for messages, the raw text for a prompt."""
         if req.messages is not None:
-            text = self.tokenizer.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
+            text = render_chat(self.tokenizer, req)  # tools too (workers/tool_format.py)
         else:
             text = req.prompt
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def budget(self, prompt_ids: list[int], req: GenerationRequest) -> int:
-        """How many tokens may be generated; refuses what the context (or the KV budget) cannot hold."""
-        limit = self.context_length if self.kv_budget_tokens is None else min(self.context_length, self.kv_budget_tokens)
+        """How many tokens may be generated; refuses what the context (or the KV budget) cannot hold.
+        Each of a request's `n` choices may reach prompt + max_tokens, so they share the KV budget."""
+        n = max(1, req.n)
+        if n > self.max_running:
+            raise ContextLengthExceeded(f"n={n} choices exceed the {self.max_running} sequences this model "
+                                        "decodes at once", context_length=self.context_length)
+        limit = self.context_length if self.kv_budget_tokens is None else min(self.context_length, self.kv_budget_tokens // n)
         room = limit - len(prompt_ids)
         if room <= 0 or (req.max_tokens is not None and req.max_tokens > room):
             asked = len(prompt_ids) + (req.max_tokens or 0)
@@ -180,6 +193,15 @@ class Engine:
         if not prompt_ids and self._bos is not None:
             prompt_ids = [self._bos]  # the model needs at least one token to predict from
         max_new = self.budget(prompt_ids, req)
+        n = max(1, req.n)
+        spec = grammar_spec(req)
+        compiled = None
+        if spec is not None:  # a miss compiles off the event loop (milliseconds to seconds)
+            compiled = self.grammars.cached(spec) or await asyncio.to_thread(self.grammars.compile, spec)
+        if max_new == 0:
+            for index in range(n):
+                yield GenerationChunk("", "length", len(prompt_ids), 0, index=index)
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -187,27 +209,46 @@ class Engine:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the consumer's loop is gone
-                seq.cancelled = True
+                for seq in seqs:
+                    seq.cancelled = True
 
-        seq = Sequence(req, prompt_ids, max_new, StopTextStream(self.tokenizer, req.stop), make_generator(req.seed), emit)
-        if draft is not None and req.temperature <= 0.0 and req.draft_tokens > 0:
-            seq.draft = DraftState(draft, req.draft_tokens)
-        if max_new == 0:
-            yield GenerationChunk("", "length", len(prompt_ids), 0)
-            return
+        seqs = [self._sequence(req, prompt_ids, max_new, index, spec, compiled, emit) for index in range(n)]
+        first = seqs[0]
+        first.forks = seqs[1:]
+        for seq in first.forks:
+            seq.parent = first
+        if draft is not None and n == 1 and first.logits is None and req.temperature <= 0.0 and req.draft_tokens > 0:
+            first.draft = DraftState(draft, req.draft_tokens)  # constrained or processed rows never speculate
         with self._wake:
-            self._waiting.append(seq)
+            self._waiting.append(first)
             self._wake.notify()
         try:
-            while True:
+            done = 0
+            while done < n:
                 item = await queue.get()
                 if item is _DONE:
-                    return
+                    done += 1
+                    continue
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            seq.cancelled = True
+            for seq in seqs:
+                seq.cancelled = True
+
+    def _sequence(self, req: GenerationRequest, prompt_ids: list[int], max_new: int, index: int, spec, compiled,
+                  emit) -> Sequence:
+        """Choice `index` of a request: its own generator (seed + index when seeded), logits
+        processors, text stream and output shaping."""
+        gen = make_generator(None if req.seed is None else req.seed + index)
+        grammar = None if compiled is None else GrammarMask(compiled, self.grammars.vocab_size, spec.kind)
+        if req.logprobs and self._vocab is None:
+            self._vocab = TokenVocab(self.tokenizer, self.grammars.token_bytes())
+        logits = row_logits(req, gen, self.grammars.vocab_size, self._vocab, grammar)
+        tools = ToolCallStream() if spec is not None and spec.kind == "tool_call" else None
+        output = ChoiceOutput(index, tools, spec.kind if spec is not None else None, logits)
+        return Sequence(req, prompt_ids, max_new, StopTextStream(self.tokenizer, req.stop), gen, emit,
+                        logits=logits, output=output)
 
     def close(self) -> None:
         with self._wake:
@@ -244,11 +285,12 @@ class Engine:
                         self._release(seq)
                 self._running = [s for s in self._running if not (s.finished or s.cancelled)]
                 admitted = []
-                while self._waiting and len(self._running) < self.max_running and self._kv_fits(self._waiting[0]):
+                while (self._waiting and len(self._running) + 1 + len(self._waiting[0].forks) <= self.max_running
+                       and self._kv_fits(self._waiting[0])):
                     seq = self._waiting.popleft()
-                    if not seq.cancelled:
-                        self._running.append(seq)
-                        admitted.append(seq)
+                    if not seq.cancelled:  # a request's choices are admitted together
+                        self._running.extend([seq, *seq.forks])
+                        admitted.extend([seq, *seq.forks])
                 if self._closed:
                     return None
                 if self._running:
@@ -264,7 +306,7 @@ class Engine:
         # nobody waits on a decode token when no one decodes: prefill whole prompts then
         budget = self.prefill_chunk_tokens if plan.decode or plan.speculate else max(self.prefill_chunk_tokens, self.context_length)
         for seq in self._running:
-            if not seq.decoding and budget > 0:
+            if not seq.decoding and not seq.awaiting_fork and budget > 0:
                 n = min(seq.prompt_left, budget)
                 plan.prefill.append((seq, n))
                 budget -= n
@@ -277,7 +319,7 @@ class Engine:
         if self.kv_budget_tokens is None or seq.cancelled:
             return True
         longest = max(len(s.prompt_ids) + s.max_new_tokens for s in (*self._running, seq))
-        return (len(self._running) + 1) * longest <= self.kv_budget_tokens
+        return (len(self._running) + 1 + len(seq.forks)) * longest <= self.kv_budget_tokens
 
     def _run(self, plan: StepPlan) -> StepOutput:
         """The model calls: each prefill chunk, then one forward for every row."""
@@ -292,13 +334,18 @@ class Engine:
             self.prefill_tokens += n
             if logits is not None:
                 out.prefill_logits[id(seq)] = logits
+                for fork in seq.forks:  # n > 1: the other choices start from this prefill
+                    if not (fork.cancelled or fork.finished):
+                        self._batch.fork(seq, fork)
+                        out.prefill_logits[id(fork)] = logits
         if plan.decode:
             try:
                 logits = self._batch.decode(self.model, plan.decode)
                 out.decode_logits = {id(s): logits[s.row] for s in plan.decode}
-                if any(s.req.temperature <= 0.0 for s in plan.decode):
+                plain = [s for s in plan.decode if s.req.temperature <= 0.0 and s.logits is None]
+                if plain:  # rows with logits processors are argmaxed after them, in _update
                     greedy = logits.argmax(-1).tolist()  # one call (and one device sync) for every greedy row
-                    out.greedy = {id(s): greedy[s.row] for s in plan.decode if s.req.temperature <= 0.0}
+                    out.greedy = {id(s): greedy[s.row] for s in plain}
             except Exception as exc:
                 out.failed.extend((seq, exc) for seq in plan.decode)
         out.seconds = time.perf_counter() - started
@@ -342,6 +389,7 @@ class Engine:
         produced: list[tuple[Sequence, int]] = []
         candidates = [(seq, out.greedy.get(id(seq)), out.decode_logits.get(id(seq))) for seq in plan.decode]
         candidates += [(seq, None, out.prefill_logits.get(id(seq))) for seq, _ in plan.prefill]
+        candidates += [(fork, None, out.prefill_logits.get(id(fork))) for seq, _ in plan.prefill for fork in seq.forks]
         for seq, greedy, logits in candidates:
             try:
                 if greedy is not None:
@@ -365,39 +413,48 @@ class Engine:
         self._release(seq)
         seq.finished = True
         seq.emit(exc)
+        for fork in seq.forks:  # choices still waiting for this one's prefill
+            if fork.awaiting_fork and not fork.finished:
+                self._fail(fork, exc)
 
     @staticmethod
     def _sample(seq: Sequence, logits: torch.Tensor) -> int:
+        if seq.logits is not None:  # the logits seam: penalties, bias, grammar mask, logprobs
+            return seq.logits.sample(logits)
         return sample_next(logits, seq.req.temperature, seq.req.top_p, seq.gen)
 
     def _advance(self, seq: Sequence, token: int) -> None:
         seq.output_ids.append(token)
+        if seq.logits is not None:
+            seq.logits.accept(token)  # advances the grammar's matcher, the penalties' counts
         finish = None
-        if token in self.eos_ids:
+        if token in self.eos_ids or (seq.logits is not None and seq.logits.done):
             finish, delta = "stop", seq.text.flush()
         else:
             delta = seq.text.push(token)
             if seq.text.stopped:
                 finish = "stop"
             elif seq.generated >= seq.max_new_tokens:
-                finish, delta = "length", delta + seq.text.flush()
+                # "length" unless a JSON answer closed on exactly the last token
+                finish = "stop" if seq.logits is not None and seq.logits.complete else "length"
+                delta += seq.text.flush()
         if finish is None:
-            if delta:
-                seq.emit(GenerationChunk(delta, None, len(seq.prompt_ids), seq.generated, gpu_seconds=seq.gpu_seconds))
+            if delta and (chunk := seq.output.chunk(delta, None, len(seq.prompt_ids), seq.generated, seq.gpu_seconds)):
+                seq.emit(chunk)
             return
         seq.finished = True
         if self._prefix is not None and seq.row is not None:
             # filed before the last chunk goes out: whoever sees the end can rely on the reuse
             self._prefix.insert(seq.kv_tokens(), self._batch.export(seq), seq.req.session_id)
         self._release(seq)
-        seq.emit(GenerationChunk(delta, finish, len(seq.prompt_ids), seq.generated, gpu_seconds=seq.gpu_seconds))
+        seq.emit(seq.output.chunk(delta, finish, len(seq.prompt_ids), seq.generated, seq.gpu_seconds))
         seq.emit(_DONE)
 
     def _admit(self, seq: Sequence) -> None:
         """Give an admitted sequence its KV row, starting from the longest cached prefix of its
         prompt (at least one prompt token is always computed: its logits give the first token)."""
         hit, kv = 0, None
-        if self._prefix is not None:
+        if self._prefix is not None and seq.parent is None:  # later choices copy their first's KV instead
             hit, kv = self._prefix.lookup(seq.prompt_ids, limit=len(seq.prompt_ids) - 1)
         self._batch.admit(seq, kv, hit)
         seq.cached_tokens = hit

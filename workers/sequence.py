@@ -7,10 +7,12 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from workers.choice_output import ChoiceOutput
 from workers.detok import StopTextStream
 from workers.types import GenerationRequest
 
 if TYPE_CHECKING:
+    from workers.logits import RowLogits
     from workers.speculative import DraftState
 
 
@@ -35,6 +37,12 @@ class Sequence:
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     gpu_seconds: float = 0.0
     draft: DraftState | None = None  # speculative decoding (greedy sequences on a route with a draft)
+    logits: RowLogits | None = None  # its logits processors (workers/logits.py); None: plain sampling
+    output: ChoiceOutput = field(default_factory=ChoiceOutput)  # text -> chunks (tool calls, logprobs)
+    # n > 1: the first choice prefills the prompt once; the others (`forks`) get a copy of its KV
+    # row when that prefill completes and sample from the same logits (each its own generator)
+    parent: Sequence | None = None
+    forks: list[Sequence] = field(default_factory=list)
     cancelled: bool = False
     finished: bool = False
 
@@ -45,6 +53,11 @@ class Sequence:
     @property
     def decoding(self) -> bool:
         return bool(self.output_ids)
+
+    @property
+    def awaiting_fork(self) -> bool:
+        """A later choice whose prompt KV has not been copied from its first choice yet."""
+        return self.parent is not None and self.prefilled < len(self.prompt_ids)
 
     @property
     def prompt_left(self) -> int:
