@@ -89,7 +89,7 @@ class StoreAdmission:
                 self.metrics.denials.labels(MODEL_NOT_ALLOWED).inc()
                 raise denial_error(Denial.of(MODEL_NOT_ALLOWED), None, model)
         contexts = {m: await self.context_length(m) for m in candidates}
-        worst = self.costs.worst_case_any(candidates, prompt_token_bound(req), req.max_tokens, contexts.get)
+        worst = self.costs.worst_case_any(candidates, prompt_token_bound(req), req.max_tokens, contexts.get, req.n)
         started_wall = time.time()
         try:
             with mapped_store_errors():

@@ -25,15 +25,8 @@ from gateway.errors import (
     describe,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.openai_api import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ResponseBuilder,
-    parse_json,
-    parse_request,
-    sse,
-    to_generation,
-)
+from gateway.openai_api import ChatCompletionRequest, CompletionRequest, parse_json, parse_request, to_generation
+from gateway.openai_responses import ResponseBuilder, sse
 from policies.decision import RouteContext, RoutingDecision
 from policies.router import Router
 from workers.types import GenerationChunk, PoolError
@@ -61,14 +54,26 @@ class RequestTrace:
     replica: str | None = None
     ticket: object = None  # what admission reserved; settled when the request ends
     backend_seconds: float = 0.0  # time spent waiting on the backend (the rest is the gateway's overhead)
+    tool_calls: int = 0  # calls the model made, over all choices
+    constrained: str | None = None  # the grammar that constrained the answer ("json_schema", "tool_call" ...)
     extra: dict = field(default_factory=dict)
+    # per choice: (completion tokens, gpu seconds) so far; both are cumulative per choice
+    _choices: dict = field(default_factory=dict, repr=False)
 
     def observe(self, chunk: GenerationChunk) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
-        self.completion_tokens = chunk.completion_tokens
-        self.gpu_seconds = chunk.gpu_seconds
+        if chunk.index == 0 and len(self._choices) <= 1:  # one choice: no sums to keep
+            self.completion_tokens, self.gpu_seconds = chunk.completion_tokens, chunk.gpu_seconds
+            self._choices[0] = (chunk.completion_tokens, chunk.gpu_seconds)
+        else:
+            self._choices[chunk.index] = (chunk.completion_tokens, chunk.gpu_seconds)
+            self.completion_tokens = sum(c for c, _ in self._choices.values())
+            self.gpu_seconds = sum(g for _, g in self._choices.values())
+        if chunk.tool_calls:
+            self.tool_calls += sum(1 for call in chunk.tool_calls if call.get("id"))  # a call's first delta
+        self.constrained = chunk.constrained or self.constrained
         self.replica = chunk.replica or self.replica
 
 
@@ -159,7 +164,9 @@ class CompletionService:
         parsed = parse_request(ChatCompletionRequest if chat else CompletionRequest, body)
         gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
                                 session_id=request.headers.get("x-session-id"))
-        context = RouteContext(principal.team_id, gen_req.messages, gen_req.prompt, gen_req.session_id)
+        context = RouteContext(principal.team_id, gen_req.messages, gen_req.prompt, gen_req.session_id,
+                               tools=bool(gen_req.tools) and gen_req.tool_choice != "none",
+                               structured=gen_req.response_format is not None)
         decision = await self.router.decide(parsed.model, context)
         if decision is None:
             raise ModelNotAvailable(f"The model '{parsed.model}' does not exist or you do not have access to it.",
@@ -172,7 +179,8 @@ class CompletionService:
         trace = RequestTrace(request_id, "chat" if chat else "completions", principal, parsed.model, decision,
                              started=request.state.started, ticket=ticket)
         stream, first = await self._dispatch(trace, gen_req)
-        builder = ResponseBuilder(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, trace.decision.model)
+        builder = ResponseBuilder(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, trace.decision.model,
+                                  n=gen_req.n, logprobs=gen_req.logprobs)
         headers = trace.decision.headers()
         if parsed.stream:  # overhead until the headers leave: everything but the wait for the first token
             headers["x-muxgate-overhead-ms"] = self._overhead_ms(trace)
@@ -222,21 +230,21 @@ class CompletionService:
     async def _collect(self, request: Request, first: GenerationChunk, stream, builder: ResponseBuilder,
                        trace: RequestTrace, headers: dict) -> Response:
         """Non-streamed answer; stops generating if the client disconnects while it waits."""
-        parts, last = [first.text], first
+        builder.add(first)
 
         async def drain():
-            nonlocal last
             started = time.perf_counter()
             try:
                 async for chunk in stream:
                     trace.observe(chunk)
-                    parts.append(chunk.text)
-                    last = chunk
+                    builder.add(chunk)
+                    if builder.done:
+                        break
             finally:
                 trace.backend_seconds += time.perf_counter() - started
 
         try:
-            if first.finish_reason is None and not await _unless_disconnected(drain(), request):
+            if not builder.done and not await _unless_disconnected(drain(), request):
                 trace.status = "client_disconnect"
                 self._finish(trace, None)
                 return Response(status_code=499)
@@ -247,25 +255,34 @@ class CompletionService:
             await stream.aclose()
         headers["x-muxgate-overhead-ms"] = self._overhead_ms(trace)
         await self._finish_durably(trace, None)
-        return JSONResponse(builder.full("".join(parts), last), headers=headers)
+        return JSONResponse(builder.full(trace.prompt_tokens, trace.completion_tokens), headers=headers)
 
     async def _events(self, first: GenerationChunk, stream, builder: ResponseBuilder, trace: RequestTrace,
                       include_usage: bool) -> AsyncIterator[bytes]:
         error: BaseException | None = None
         done = False
         try:
-            yield sse(builder.chunk("", None, first=True))
+            for event in builder.opening():
+                yield sse(event)
             chunk = first
             while True:
-                if chunk.text:
-                    yield sse(builder.chunk(chunk.text, None))
+                event = builder.delta(chunk)
+                if event is not None:
+                    yield sse(event)
+                builder.add(chunk, collect=False)
                 if chunk.finish_reason is not None:
-                    break
-                chunk = await anext(stream)
+                    yield sse(builder.finish(chunk))
+                    if builder.done:
+                        break
+                try:
+                    chunk = await anext(stream)
+                except StopAsyncIteration:
+                    if builder.finished:  # a backend that served fewer choices than were asked for
+                        break
+                    raise BackendFailed("The backend's stream ended before its answer did.") from None
                 trace.observe(chunk)
-            yield sse(builder.chunk("", chunk.finish_reason))
             if include_usage:
-                yield sse(builder.usage_chunk(chunk))
+                yield sse(builder.usage_chunk(trace.prompt_tokens, trace.completion_tokens))
             await stream.aclose()
             await self._finish_durably(trace, None)
             yield sse("[DONE]")

@@ -34,6 +34,9 @@ class ServerConfig(Strict):
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="On SIGTERM/Ctrl-C, how long requests still in flight (streams included) may run "
         "before the gateway closes them and stops.")
+    report_cookie_secure: bool = Field(
+        True, description="Mark the /reports session cookie `Secure` (sent over HTTPS only; browsers also send it "
+        "to http://localhost). false only for plain HTTP on another host, e.g. a private test network.")
 
 
 class KeyConfig(Strict):

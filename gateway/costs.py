@@ -101,12 +101,13 @@ class CostModel:
         return self.cost(baseline, prompt_tokens, completion_tokens, gpu_seconds)
 
     def worst_case(self, model: str, prompt_bound: int, max_tokens: int | None,
-                   context_length: int | None) -> WorstCase:
+                   context_length: int | None, choices: int = 1) -> WorstCase:
         """The most a request may cost on ``model``.
 
         Prompt plus completion never exceed the context (the engine refuses such requests), so
         the cost is maximised over {p <= prompt_bound, c <= max_tokens, p + c <= context}: a
-        linear function whose maximum is at one of the two corners below.
+        linear function whose maximum is at one of the two corners below. Each of ``choices``
+        choices may take c tokens (the prompt is paid once).
         """
         ctx = context_length if context_length and context_length > 0 else None
         max_c = max_tokens if max_tokens is not None else (ctx or 0)
@@ -116,6 +117,7 @@ class CostModel:
             c1 = min(max_c, ctx)
             p2 = min(prompt_bound, ctx)
             corners = [(min(prompt_bound, ctx - c1), c1), (p2, min(max_c, ctx - p2))]
+        corners = [(p, c * choices) for p, c in corners]
         price = self.price(model)
         tokens = max(p + c for p, c in corners)
         gpu = tokens * price.reserve_gpu_seconds_per_token if price.gpu_second else Decimal(0)
@@ -123,10 +125,10 @@ class CostModel:
         return WorstCase(tokens=tokens, cost_usd=to_usd(cost, round_up=True))
 
     def worst_case_any(self, models: Iterable[str], prompt_bound: int, max_tokens: int | None,
-                       context_length) -> WorstCase:
+                       context_length, choices: int = 1) -> WorstCase:
         """The worst case over several candidate models (the route and its fallbacks).
 
         ``context_length`` maps a model name to its context (or None when unknown).
         """
-        cases = [self.worst_case(m, prompt_bound, max_tokens, context_length(m)) for m in models]
+        cases = [self.worst_case(m, prompt_bound, max_tokens, context_length(m), choices) for m in models]
         return WorstCase(tokens=max(c.tokens for c in cases), cost_usd=max(c.cost_usd for c in cases))

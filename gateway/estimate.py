@@ -14,6 +14,8 @@ counts the model reports.
 
 from __future__ import annotations
 
+import json
+
 from workers.types import GenerationRequest
 
 # Per chat message: start/end special tokens, separators and headers around the role name.
@@ -26,11 +28,24 @@ def _utf8_len(text: str | None) -> int:
     return len(text.encode("utf-8", errors="surrogatepass")) if text else 0
 
 
+def _message_bytes(m: dict) -> int:
+    # an assistant's tool calls and a tool's call id are templated into the prompt as text too
+    calls = m.get("tool_calls")
+    return (_utf8_len(m.get("content")) + (_utf8_len(json.dumps(calls, ensure_ascii=False)) if calls else 0)
+            + _utf8_len(m.get("tool_call_id")))
+
+
+def _tools_bytes(req: GenerationRequest) -> int:
+    """The tool definitions and the answer's schema, which a chat template renders into the prompt."""
+    extra = [x for x in (req.tools, req.response_format) if x]
+    return sum(_utf8_len(json.dumps(x, ensure_ascii=False)) for x in extra)
+
+
 def prompt_token_bound(req: GenerationRequest) -> int:
     """Tokens the prompt of ``req`` can at most take once templated and tokenized."""
     if req.messages is not None:
-        body = sum(_utf8_len(m.get("role")) + _utf8_len(m.get("content")) + MESSAGE_OVERHEAD_TOKENS
-                   for m in req.messages)
+        body = sum(_utf8_len(m.get("role")) + _message_bytes(m) + MESSAGE_OVERHEAD_TOKENS
+                   for m in req.messages) + _tools_bytes(req)
     else:
         body = _utf8_len(req.prompt)
     return body + REQUEST_OVERHEAD_TOKENS
@@ -49,6 +64,6 @@ def prompt_token_estimate(req: GenerationRequest) -> int:
     prompt when the upstream that served it reported no usage (it ignores
     ``stream_options.include_usage``, or the stream ended before its usage event)."""
     if req.messages is not None:
-        return TYPICAL_REQUEST_TOKENS + sum(
-            -(-_utf8_len(m.get("content")) // BYTES_PER_TOKEN) + TYPICAL_MESSAGE_TOKENS for m in req.messages)
+        return TYPICAL_REQUEST_TOKENS + -(-_tools_bytes(req) // BYTES_PER_TOKEN) + sum(
+            -(-_message_bytes(m) // BYTES_PER_TOKEN) + TYPICAL_MESSAGE_TOKENS for m in req.messages)
     return -(-_utf8_len(req.prompt) // BYTES_PER_TOKEN)

@@ -1,4 +1,5 @@
-"""OpenAI JSON <-> the pool's GenerationRequest/GenerationChunk, in one module.
+"""OpenAI request JSON -> the pool's GenerationRequest (answers go back in
+gateway/openai_responses.py; the agent fields' schema is gateway/openai_tools.py).
 
 Requests are parsed strictly: unknown fields and values muxgate cannot honour are 400s naming
 the field (as OpenAI does), never silently ignored.
@@ -7,28 +8,31 @@ the field (as OpenAI does), never silently ignored.
 from __future__ import annotations
 
 import json
-import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from gateway.errors import BadRequest
-from workers.types import GenerationChunk, GenerationRequest
+from gateway.openai_tools import MAX_TOOLS, ResponseFormat, Strict, Tool, ToolCall, ToolChoice, check_tool_fields
+from workers.types import GenerationRequest
+
+MAX_CHOICES = 8  # `n`: choices decode together in one batch; more is a fan-out, not a request
+MAX_LOGIT_BIAS = 300
+MAX_LEGACY_LOGPROBS = 5  # /v1/completions' `logprobs` (top alternatives per token), as OpenAI's
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class TextPart(_Strict):
+class TextPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+class ChatMessage(Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant messages: the calls the model made
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)  # tool messages: the call answered
+    refusal: str | None = None  # clients echo an earlier answer's refusal back; not used
 
     def text(self) -> str:
         if self.content is None:
@@ -37,12 +41,24 @@ class ChatMessage(_Strict):
             return self.content
         return "".join(p.text for p in self.content)
 
+    def to_dict(self) -> dict:
+        """OpenAI's message shape with the content flattened to text (null stays null)."""
+        out = {"role": "system" if self.role == "developer" else self.role,
+               "content": None if self.content is None else self.text()}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump(mode="json") for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
-class StreamOptions(_Strict):
+
+class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class _Sampling(_Strict):
+class _Sampling(Strict):
     model: str = Field(min_length=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -50,12 +66,13 @@ class _Sampling(_Strict):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] = 1
+    n: int | None = Field(1, ge=1, le=MAX_CHOICES, description=f"Choices to return, at most {MAX_CHOICES}.")
     user: str | None = Field(None, max_length=256)
     metadata: dict[str, str] | None = None
-    presence_penalty: Literal[0, 0.0] = 0.0
-    frequency_penalty: Literal[0, 0.0] = 0.0
-    logprobs: Literal[False, None] = None
+    presence_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(
+        None, description=f"Token id (a decimal string) -> bias in [-100, 100], at most {MAX_LOGIT_BIAS} entries.")
 
     @field_validator("stop")
     @classmethod
@@ -64,10 +81,32 @@ class _Sampling(_Strict):
             raise ValueError("at most 4 stop sequences")
         return v
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v):
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        for key, bias in v.items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 10 and int(key) < 2**31):
+                raise ValueError(f"keys must be token ids (decimal strings), not {key[:20]!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"the bias of token {key} must be between -100 and 100")
+        return v
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def common(self) -> dict:
+        """The GenerationRequest fields both endpoints share (None: OpenAI's default)."""
+        return dict(temperature=self.temperature, top_p=self.top_p, stop=self.stop_list(), seed=self.seed,
+                    n=self.n or 1, presence_penalty=self.presence_penalty or 0.0,
+                    frequency_penalty=self.frequency_penalty or 0.0,
+                    logit_bias={int(k): float(b) for k, b in self.logit_bias.items()} if self.logit_bias else None,
+                    passthrough={"user": self.user} if self.user is not None else {})
 
 
 class ChatCompletionRequest(_Sampling):
@@ -75,7 +114,19 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     store: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token, with `logprobs`.")
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    def check(self) -> None:
+        """Checks across fields (after the schema parse): a 400 naming the field."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise BadRequest("Invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' is set.",
+                             param="top_logprobs")
+        check_tool_fields(self.tools, self.tool_choice, self.messages)
 
 
 class CompletionRequest(_Sampling):
@@ -83,6 +134,8 @@ class CompletionRequest(_Sampling):
     max_tokens: int | None = Field(16, ge=1)
     echo: Literal[False] = False
     best_of: Literal[1, None] = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LEGACY_LOGPROBS,
+                                 description="Return the sampled tokens' logprobs and this many alternatives.")
 
     @field_validator("prompt")
     @classmethod
@@ -92,6 +145,9 @@ class CompletionRequest(_Sampling):
                 raise ValueError("exactly one prompt per request is supported")
             return v[0]
         return v
+
+    def check(self) -> None:
+        pass
 
 
 def _reject_constant(name: str):
@@ -124,84 +180,43 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
-def parse_request(model_cls: type[_Strict], body: dict) -> _Strict:
+def parse_request(model_cls: type[Strict], body: dict) -> Strict:
     try:
-        return model_cls.model_validate(body)
+        parsed = model_cls.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith(("str", "list"))))
+        loc = ".".join(str(p) for p in err["loc"] if not _union_tag(p))
         if err["type"] == "extra_forbidden":
             message = f"Unrecognized request argument supplied: {loc}"
         elif err["type"] == "missing":
             message = f"Missing required parameter: '{loc}'."
         else:
-            message = f"Invalid value for '{loc}': {err['msg']}."
+            message = f"Invalid value for '{loc}': {err['msg'].removeprefix('Value error, ')}."
         raise BadRequest(message, param=loc or None, code="invalid_request") from None
+    parsed.check()
+    return parsed
+
+
+def _union_tag(part) -> bool:
+    """A location step pydantic adds for a union's member ('str', "literal['auto']", a model's
+    class name), not a field: OpenAI's field names are lower case."""
+    return isinstance(part, str) and (part.startswith(("str", "list[", "literal[", "dict[")) or part[:1].isupper())
 
 
 def to_generation(req: ChatCompletionRequest | CompletionRequest, request_id: str, default_max_tokens: int,
                   session_id: str | None = None) -> GenerationRequest:
     max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens or default_max_tokens
-    common = dict(request_id=request_id, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                  stop=req.stop_list(), seed=req.seed, session_id=session_id)
+    common = dict(request_id=request_id, max_tokens=max_tokens, session_id=session_id, **req.common())
     if isinstance(req, ChatCompletionRequest):
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-        return GenerationRequest(messages=messages, **common)
-    return GenerationRequest(prompt=req.prompt, **common)
+        return GenerationRequest(
+            messages=[m.to_dict() for m in req.messages], **common,
+            tools=[t.model_dump(mode="json", exclude_none=True) for t in req.tools] if req.tools else None,
+            tool_choice=(req.tool_choice if isinstance(req.tool_choice, str) or req.tool_choice is None
+                         else req.tool_choice.model_dump(mode="json")),
+            parallel_tool_calls=req.parallel_tool_calls,
+            response_format=req.response_format.to_dict() if req.response_format else None,
+            logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0)
+    # the legacy endpoint's `logprobs` is a count: 0 still returns the sampled tokens' logprobs
+    return GenerationRequest(prompt=req.prompt, **common, logprobs=req.logprobs is not None,
+                             top_logprobs=req.logprobs or 0)
 
-
-def usage(chunk: GenerationChunk) -> dict:
-    return {
-        "prompt_tokens": chunk.prompt_tokens,
-        "completion_tokens": chunk.completion_tokens,
-        "total_tokens": chunk.prompt_tokens + chunk.completion_tokens,
-    }
-
-
-class ResponseBuilder:
-    """Builds the response objects of one request, chat or text completion."""
-
-    def __init__(self, chat: bool, response_id: str, model: str):
-        self.chat = chat
-        self.id = response_id
-        self.model = model
-        self.created = int(time.time())
-
-    def _envelope(self, obj: str) -> dict:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-
-    def full(self, text: str, last: GenerationChunk) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                      "finish_reason": last.finish_reason, "logprobs": None}
-            out = self._envelope("chat.completion")
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": last.finish_reason, "logprobs": None}
-            out = self._envelope("text_completion")
-        out["choices"] = [choice]
-        out["usage"] = usage(last)
-        return out
-
-    def chunk(self, text: str, finish_reason: str | None, first: bool = False) -> dict:
-        if self.chat:
-            delta = {"role": "assistant", "content": text} if first else {"content": text}
-            if finish_reason is not None and not text:
-                delta = {}
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-            out = self._envelope("chat.completion.chunk")
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-            out = self._envelope("text_completion")
-        out["choices"] = [choice]
-        return out
-
-    def usage_chunk(self, last: GenerationChunk) -> dict:
-        out = self._envelope("chat.completion.chunk" if self.chat else "text_completion")
-        out["choices"] = []
-        out["usage"] = usage(last)
-        return out
-
-
-def sse(data: dict | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), allow_nan=False)
-    return f"data: {payload}\n\n".encode()

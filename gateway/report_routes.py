@@ -2,17 +2,19 @@
 
 Team keys see their own team only; the admin key sees all teams (and may narrow with ?team=).
 
-The HTML page is opened in a browser, which cannot send an Authorization header by itself, so it
-accepts the key three ways: the Authorization header; ``?key=`` once, which is checked, stored in
-an HttpOnly, SameSite=Strict cookie scoped to /reports and answered with a redirect to the same
-URL without the key (so it does not stay in the address bar or history); or that cookie. Without
-a key it shows a small form that asks for one.
+The HTML page is opened in a browser, which cannot send an Authorization header by itself.
+Without one it shows a sign-in form that POSTs the key (so it never lands in a URL, an access
+log or the history); the key is checked through the same failed-auth limiter as the API, and the
+browser gets a signed session cookie (`gateway/report_session.py`: the caller's key id and an
+expiry, never the secret; HttpOnly, SameSite=Strict, scoped to /reports, `Secure` unless
+`server.report_cookie_secure` is false) and a redirect to the page. A link with ``?key=`` (for
+scripts) is accepted the same way and redirected to the URL without it; prefer the form.
 """
 
 from __future__ import annotations
 
 import html
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -23,7 +25,8 @@ from gateway.errors import BadRequest, NotFound, Unauthorized
 from gateway.report_page import CONTENT_SECURITY_POLICY, page_data, pick_bucket, render_page
 from gateway.reports import build_report, parse_group_by, parse_range, report_csv
 
-COOKIE = "muxgate_key"
+COOKIE = "muxgate_report_session"
+MAX_SIGN_IN_BYTES = 8192
 COOKIE_PATH = "/reports"
 
 
@@ -61,43 +64,74 @@ _SIGN_IN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>
 <style>body{font:14px system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}
 input{width:100%;padding:.4rem;margin:.4rem 0}</style></head><body>
 <h1>muxgate usage</h1><p>{message}</p>
-<form method="get" action="/reports"><label>API key (a team's key, or the admin key)
+<form method="post" action="/reports"><label>API key (a team's key, or the admin key)
 <input type="password" name="key" autocomplete="off" required></label>{hidden}
 <button type="submit">Show report</button></form></body></html>"""
 
 
-def _sign_in(request: Request, message: str) -> HTMLResponse:
+def _sign_in(request: Request, message: str, params=None) -> HTMLResponse:
+    """The sign-in form, carrying the page's filters (?from=, ?team=, …) through as hidden fields."""
+    params = request.query_params.multi_items() if params is None else params
     hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-                     for k, v in request.query_params.items() if k != "key")
+                     for k, v in params if k != "key")
     body = _SIGN_IN.replace("{message}", html.escape(message)).replace("{hidden}", hidden)
     return HTMLResponse(body, status_code=401, headers={"content-security-policy": CONTENT_SECURITY_POLICY})
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _sign_in_with(gw, request: Request, key: str, params: list[tuple[str, str]]) -> Response:
+    """Check a key sent by the form (or a ?key= link) and answer with a session cookie and a
+    redirect to the page; a wrong key counts against the failed-auth limit like the API's."""
+    address = _address(request)
+    gw.auth_limiter.check(address)
+    try:
+        caller = await gw.callers.caller(f"Bearer {key}")
+    except Unauthorized:
+        gw.auth_limiter.record_failure(address)
+        return _sign_in(request, "That key was not accepted.", params)
+    rest = urlencode([(k, v) for k, v in params if k != "key"])
+    response = RedirectResponse(COOKIE_PATH + (f"?{rest}" if rest else ""), status_code=303)
+    response.set_cookie(COOKIE, gw.tenancy.report_sessions.issue(caller), path=COOKIE_PATH,
+                        max_age=int(gw.tenancy.report_sessions.ttl_s), httponly=True, samesite="strict",
+                        secure=gw.config.server.report_cookie_secure)
+    return response
+
+
+async def sign_in(gw, request: Request) -> Response:
+    """POST /reports: the sign-in form (application/x-www-form-urlencoded: key + the page's filters)."""
+    _store(gw)
+    body = await request.body()
+    if len(body) > MAX_SIGN_IN_BYTES:
+        raise BadRequest("The sign-in form is too large.", code="invalid_request")
+    try:
+        params = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=32)
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("The sign-in form is not valid form data.", code="invalid_request") from None
+    key = dict(params).get("key", "").strip()
+    if not key:
+        return _sign_in(request, "Enter a key to see its usage report.", params)
+    return await _sign_in_with(gw, request, key, params)
 
 
 async def report_page(gw, request: Request) -> Response:
     store = _store(gw)
     q = request.query_params
     if "key" in q:
-        # Check the key, keep it in a cookie, and drop it from the URL.
-        try:
-            await gw.callers.caller(f"Bearer {q['key']}")
-        except Unauthorized:
-            return _sign_in(request, "That key was not accepted.")
-        rest = urlencode([(k, v) for k, v in q.multi_items() if k != "key"])
-        response = RedirectResponse(COOKIE_PATH + (f"?{rest}" if rest else ""), status_code=303)
-        response.set_cookie(COOKIE, q["key"], path=COOKIE_PATH, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https")
-        return response
+        return await _sign_in_with(gw, request, q["key"], q.multi_items())
     authorization = request.headers.get("authorization")
-    if authorization is None and COOKIE in request.cookies:
-        authorization = f"Bearer {request.cookies[COOKIE]}"
-    if authorization is None:
+    if authorization is not None:
+        caller = await gw.callers.caller(authorization)  # the app's endpoint limits failures
+    elif COOKIE in request.cookies:
+        caller = await gw.tenancy.report_sessions.caller(request.cookies[COOKIE], store)
+        if caller is None:
+            response = _sign_in(request, "Your session has ended (expired, or its key was revoked): sign in again.")
+            response.delete_cookie(COOKIE, path=COOKIE_PATH)
+            return response
+    else:
         return _sign_in(request, "Enter a key to see its usage report.")
-    try:
-        caller = await gw.callers.caller(authorization)
-    except Unauthorized:
-        response = _sign_in(request, "That key was not accepted (revoked or expired?).")
-        response.delete_cookie(COOKIE, path=COOKIE_PATH)
-        return response
     team_id = team_scope(caller, q.get("team"))
     start, end = parse_range(q.get("from"), q.get("to"))
     bucket = q.get("bucket")
@@ -115,4 +149,5 @@ def routes(endpoint) -> list[Route]:
     return [
         Route("/v1/reports/usage", endpoint(usage_report), methods=["GET"]),
         Route("/reports", endpoint(report_page), methods=["GET"]),
+        Route("/reports", endpoint(sign_in), methods=["POST"]),
     ]

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
+from gateway.report_session import ReportSessions, session_secret
 from gateway.admission import StoreAdmission
 from gateway.auth import read_or_create_secret, resolve_key
 from gateway.callers import AdminKey, StoreAuthenticator
@@ -62,7 +63,9 @@ class Tenancy:
                  context_length: Callable[[str], Awaitable[int | None]], store: Store | None = None):
         self.config = config
         self.store = store if store is not None else open_configured_store(config)
-        self.admin_key = AdminKey(resolve_admin_key(config.admin))
+        admin_secret = resolve_admin_key(config.admin)
+        self.admin_key = AdminKey(admin_secret)
+        self.report_sessions = ReportSessions(session_secret(admin_secret))
         directory = journal_directory(config.store.journal_dir, self.store)
         self.journal = SettlementJournal(directory) if directory is not None else None
         self.buffer = LedgerBuffer(self.store, max_pending=config.store.ledger_buffer_max, journal=self.journal)

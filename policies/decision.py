@@ -32,9 +32,12 @@ class RoutingDecision:
 
 @dataclass(frozen=True)
 class RouteContext:
-    """What a routing policy may look at: the team and the request's text."""
+    """What a routing policy may look at: the team, the request's text, and whether it is an
+    agent's step (tools the model may call) or asks for structured output (a response_format)."""
 
     team: str | None = None
     messages: list[dict] | None = None
     prompt: str | None = None
     session_id: str | None = None
+    tools: bool = False
+    structured: bool = False

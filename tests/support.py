@@ -71,3 +71,22 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
+
+
+class WrappedBackend:
+    """A real backend behind a test's own `generate`; everything else goes to it unchanged."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def generate(self, model, req):
+        return self.inner.generate(model, req)
+
+    async def models(self):
+        return await self.inner.models()
+
+    async def stats(self):
+        return await self.inner.stats()
+
+    async def close(self):
+        await self.inner.close()

@@ -112,3 +112,10 @@ class GatewayProcess:
                 self.process.wait()
         if getattr(self, "log", None):
             self.log.close()
+
+
+def session_header(response) -> dict:
+    """The /reports session cookie a sign-in set, as a header to send back by hand: httpx keeps
+    `Secure` cookies for HTTPS, browsers send them to http://127.0.0.1 as well."""
+    name, _, rest = response.headers["set-cookie"].partition("=")
+    return {"cookie": f"{name}={rest.split(';')[0]}"}

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from support import KEY_ALPHA, KEY_BETA
-from tenancy_testkit import ADMIN_KEY, chromium_binary
+from tenancy_testkit import ADMIN_KEY, chromium_binary, session_header
 
 CHROMIUM = chromium_binary()
 pytestmark = pytest.mark.skipif(
@@ -96,19 +96,37 @@ def test_a_team_key_sees_only_its_team_on_the_page(tenant_gateway, tmp_path):
                                                     "cost_usd")
 
 
-def test_report_page_auth_cookie_and_sign_in(tenant_gateway):
+def test_report_page_sign_in_posts_the_key_and_keeps_a_session_that_is_not_the_key(tenant_gateway):
     base = tenant_gateway.base_url
-    ask = httpx.get(base + "/reports")
-    assert ask.status_code == 401 and "<form" in ask.text
-    wrong = httpx.get(base + "/reports", params={"key": "mg-wrong-0123456789abcdef"})
+    ask = httpx.get(base + "/reports", params={"bucket": "day"})
+    assert ask.status_code == 401 and '<form method="post" action="/reports">' in ask.text
+    assert '<input type="hidden" name="bucket" value="day">' in ask.text  # the filters survive sign-in
+    wrong = httpx.post(base + "/reports", data={"key": "mg-wrong-0123456789abcdef"})
     assert wrong.status_code == 401 and "not accepted" in wrong.text
-    first = httpx.get(base + "/reports", params={"key": KEY_ALPHA, "bucket": "day"})
+    first = httpx.post(base + "/reports", data={"key": KEY_ALPHA, "bucket": "day"})
     assert first.status_code == 303 and first.headers["location"] == "/reports?bucket=day"
     cookie = first.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
-    page = httpx.get(base + "/reports?bucket=day", cookies=first.cookies)
+    assert "Secure" in cookie and "Path=/reports" in cookie
+    assert KEY_ALPHA not in cookie and KEY_ALPHA.split("-")[-1] not in cookie  # a session, not the key
+    page = httpx.get(base + "/reports?bucket=day", headers=session_header(first))
     assert page.status_code == 200 and "default-src 'none'" in page.headers["content-security-policy"]
     # nothing fetched from anywhere: no external script, style, image or font
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text) and "<link" not in page.text
     assert "@import" not in page.text and "url(" not in page.text
     assert KEY_ALPHA not in page.text
+    # a link with ?key= (scripts) signs in the same way, and the key leaves the address
+    link = httpx.get(base + "/reports", params={"key": KEY_ALPHA, "bucket": "day"})
+    assert link.status_code == 303 and link.headers["location"] == "/reports?bucket=day"
+    assert KEY_ALPHA not in link.headers["set-cookie"]
+
+
+def test_a_forged_or_tampered_session_cookie_is_refused(tenant_gateway):
+    base = tenant_gateway.base_url
+    first = httpx.post(base + "/reports", data={"key": KEY_ALPHA})
+    name, value = session_header(first)["cookie"].split("=", 1)
+    payload, _, signature = value.rpartition(".")
+    forged_admin = payload.replace(payload.split(".")[1], "admin") + "." + signature
+    for bad in (forged_admin, payload + ".AAAA", "v1.admin.99999999999.x", KEY_ALPHA):
+        page = httpx.get(base + "/reports", headers={"cookie": f"{name}={bad}"})
+        assert page.status_code == 401 and "sign in again" in page.text, bad

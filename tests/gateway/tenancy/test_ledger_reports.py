@@ -18,16 +18,13 @@ import yaml
 
 from gateway.errors import BackendFailed
 from gateway.store import StoreUnavailable
-from support import KEY_ALPHA, KEY_BETA, ServerThread
+from support import KEY_ALPHA, KEY_BETA, ServerThread, WrappedBackend
 from tenancy_testkit import ADMIN_KEY, tenancy_config
 
 
-class FaultyBackend:
+class FaultyBackend(WrappedBackend):
     """The real in-process pool, failing on request: FAIL-EARLY before the first token, FAIL-MID
     after two chunks."""
-
-    def __init__(self, inner):
-        self.inner = inner
 
     async def generate(self, model, req):
         text = req.prompt if req.prompt is not None else req.messages[-1]["content"]
@@ -39,15 +36,6 @@ class FaultyBackend:
             sent += 1
             if "FAIL-MID" in text and sent == 2:
                 raise BackendFailed("injected failure mid-stream")
-
-    async def models(self):
-        return await self.inner.models()
-
-    async def stats(self):
-        return await self.inner.stats()
-
-    async def close(self):
-        await self.inner.close()
 
 
 class FlakyStore:
