@@ -180,4 +180,6 @@ def usage_record(ticket: Ticket, trace, costs: CostModel) -> UsageRecord:
         latency_ms=round((finished - trace.started) * 1000, 3),
         ttft_ms=None if trace.first_token_at is None else round((trace.first_token_at - trace.started) * 1000, 3),
         status=trace.status,
+        tool_calls=trace.tool_calls,
+        constrained=trace.constrained,
     )

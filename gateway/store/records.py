@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway.store.money import MICROS_PER_USD, to_usd
-from gateway.store.validation import check_model, check_request_id, check_tokens
+from gateway.store.validation import check_constrained, check_model, check_request_id, check_tokens
 
 # Denial.limit values. The first six are the budgets and rate limits; the gateway maps budgets
 # to 429 (insufficient_quota) with Retry-After at the period's end, rates to 429 with Retry-After,
@@ -183,6 +183,10 @@ class UsageRecord:
     latency_ms: float | None = None
     ttft_ms: float | None = None
     status: str = "ok"   # "ok" | "error" | "client_disconnect" | ...
+    tool_calls: int = 0  # tool calls the model made (all choices)
+    # what constrained the answer: the engine's grammar ("json_schema", "json_object",
+    # "tool_call"), or for an upstream what it was asked to enforce; None: free text
+    constrained: str | None = None
 
     def __post_init__(self) -> None:
         check_request_id(self.request_id)
@@ -190,6 +194,8 @@ class UsageRecord:
         check_model(self.routed_model)
         check_tokens(self.prompt_tokens)
         check_tokens(self.completion_tokens)
+        check_tokens(self.tool_calls)
+        check_constrained(self.constrained)
         object.__setattr__(self, "time", float(self.time))
         object.__setattr__(self, "cost_usd", to_usd(self.cost_usd))
         object.__setattr__(self, "baseline_cost_usd", to_usd(self.baseline_cost_usd))

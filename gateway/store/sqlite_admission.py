@@ -173,13 +173,14 @@ def settle(conn: sqlite3.Connection, reservation: Reservation, record: UsageReco
     inc = rollup_increments(record)
     with immediate(conn):
         inserted = conn.execute(
-            "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO usage_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (request_id) DO NOTHING",
             (record.request_id, record.time, record.team_id, record.key_id,
              record.requested_model, record.routed_model, record.route_reason,
              record.route_score, record.prompt_tokens, record.completion_tokens,
              inc["cost_micros"], inc["baseline_micros"], record.gpu_seconds,
-             record.latency_ms, record.ttft_ms, record.status)).rowcount
+             record.latency_ms, record.ttft_ms, record.status, record.tool_calls,
+             record.constrained)).rowcount
         if not inserted:
             return False
         conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))

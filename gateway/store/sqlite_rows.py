@@ -60,4 +60,5 @@ def record_from_row(row: sqlite3.Row) -> UsageRecord:
         route_score=row["route_score"], prompt_tokens=row["prompt_tokens"],
         completion_tokens=row["completion_tokens"], cost_usd=micros_to_usd(row["cost_micros"]),
         baseline_cost_usd=micros_to_usd(row["baseline_micros"]), gpu_seconds=row["gpu_seconds"],
-        latency_ms=row["latency_ms"], ttft_ms=row["ttft_ms"], status=row["status"])
+        latency_ms=row["latency_ms"], ttft_ms=row["ttft_ms"], status=row["status"],
+        tool_calls=row["tool_calls"], constrained=row["constrained"])

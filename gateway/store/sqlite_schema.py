@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# what takes a file of an older version to the next: version 2 adds the ledger's agent columns
+_MIGRATIONS = {
+    1: ["ALTER TABLE usage_records ADD COLUMN tool_calls INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE usage_records ADD COLUMN constrained TEXT"],
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS teams (
@@ -87,7 +92,9 @@ CREATE TABLE IF NOT EXISTS usage_records (
     gpu_seconds REAL NOT NULL,
     latency_ms REAL,
     ttft_ms REAL,
-    status TEXT NOT NULL
+    status TEXT NOT NULL,
+    tool_calls INTEGER NOT NULL DEFAULT 0,
+    constrained TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time);
 CREATE INDEX IF NOT EXISTS usage_records_team_time ON usage_records (team_id, time);
@@ -158,10 +165,15 @@ def connect(path: str, *, busy_timeout_s: float, synchronous: str = "NORMAL") ->
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
                     f"{path} has schema version {version}; this muxgate knows {SCHEMA_VERSION}")
-            if version < SCHEMA_VERSION:
+            if version == 0:  # a new file: the current schema
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+            else:  # an older muxgate's file: its data kept, its tables brought up to date
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(statement)
+            if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.close()

@@ -112,6 +112,13 @@ def check_tokens(value: int) -> int:
     return value
 
 
+def check_constrained(value: str | None) -> str | None:
+    """What constrained an answer: None or a short lower-case name such as 'json_schema'."""
+    if value is not None and (not isinstance(value, str) or not _SCOPE_RE.match(value)):
+        raise InvalidInput(f"invalid constrained: {value!r}")
+    return value
+
+
 def check_seconds(value: float, what: str) -> float:
     """A non-negative finite duration in seconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
