@@ -1,7 +1,10 @@
 """Remote OpenAI-compatible upstreams (a hosted API, an existing vLLM server) as Backends.
 
 A request is sent as a streamed chat/completions call and turned back into GenerationChunks,
-so streaming, usage and errors look the same to the gateway whichever backend served them.
+so streaming, usage and errors look the same to the gateway whichever backend served them. The
+agent fields (tools, tool_choice, response_format, n, logprobs, penalties, logit_bias) go to the
+upstream as the client sent them, and its tool-call deltas, logprobs, choices and finish reasons
+come back into the chunks unchanged: the upstream enforces what it was asked to.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class UpstreamBackend:
             body["stop"] = req.stop
         if req.seed is not None:
             body["seed"] = req.seed
+        _agent_fields(body, req)
         if req.messages is not None:
             return "/chat/completions", {**body, "messages": req.messages}
         return "/completions", {**body, "prompt": req.prompt}
@@ -62,7 +66,7 @@ class UpstreamBackend:
             resp = await self._client().request("POST", path, _encode(body).encode())
             if resp.status >= 400:
                 raise _upstream_error(self.name, resp.status, resp.headers, await resp.read())
-            async for chunk in _parse_stream(resp, prompt_token_estimate(req)):
+            async for chunk in _parse_stream(resp, prompt_token_estimate(req), asked_to_enforce(req)):
                 # the last chunk comes after the stream's end ([DONE]); its reader may stop there
                 finished = chunk.finish_reason is not None
                 yield chunk
@@ -130,37 +134,120 @@ async def _sse_events(resp: Response) -> AsyncIterator[list[dict]]:
         yield [event]
 
 
-async def _parse_stream(resp: Response, prompt_estimate: int = 0) -> AsyncIterator[GenerationChunk]:
+async def _parse_stream(resp: Response, prompt_estimate: int = 0,
+                        constrained: str | None = None) -> AsyncIterator[GenerationChunk]:
     # until the upstream's usage event (the last one) says otherwise, the prompt counts as its
     # estimate: a stream that ends without usage (the client left, or the upstream ignores
     # include_usage) is then charged for its prompt, which the upstream bills anyway, not for nothing
-    prompt_tokens, completion_tokens = prompt_estimate, 0
-    finish = None
+    prompt_tokens, completion_tokens = prompt_estimate, None
+    counts: dict[int, int] = {0: 0}  # per choice: an estimate until the usage event gives the total
+    finish: dict[int, str] = {}
     async for events in _sse_events(resp):
-        # the text of the events that arrived together goes on as one chunk: they reach the
-        # client at the same moment either way, and every chunk passes several generators
-        texts = []
+        # the content of the events that arrived together goes on in as few chunks as possible:
+        # they reach the client at the same moment either way, and every chunk passes several
+        # generators; a choice's text merges, tool-call deltas and other choices start a new chunk
+        pieces: list[GenerationChunk] = []
         for event in events:
             if "error" in event:
-                if texts:
-                    yield GenerationChunk("".join(texts), None, prompt_tokens, completion_tokens)
+                for piece in pieces:
+                    yield piece
                 raise BackendFailed(f"upstream error: {event['error'].get('message', 'unknown')}")
             usage = event.get("usage")
             if usage:
                 prompt_tokens = _count(usage.get("prompt_tokens"), prompt_tokens)
                 completion_tokens = _count(usage.get("completion_tokens"), completion_tokens)
             for choice in event.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
-                finish = choice.get("finish_reason") or finish
-                if text:
-                    completion_tokens += 1  # an estimate until the usage event gives the exact count
-                    texts.append(text)
-        if texts:
-            yield GenerationChunk("".join(texts), None, prompt_tokens, completion_tokens)
-    # the final chunk carries the upstream's exact usage (include_usage) as the pool's does, or
-    # the estimates when the upstream sent none
-    yield GenerationChunk("", finish or "stop", prompt_tokens, completion_tokens,
-                          gpu_seconds=0.0, replica="upstream")
+                index = _count(choice.get("index"), 0)
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or choice.get("text") or ""
+                calls = delta.get("tool_calls") or None
+                logprobs = _logprob_entries(choice.get("logprobs"))
+                if choice.get("finish_reason"):
+                    finish[index] = choice["finish_reason"]
+                if not (text or calls or logprobs):
+                    continue
+                counts[index] = counts.get(index, 0) + (len(logprobs) if logprobs else 1)
+                last = pieces[-1] if pieces else None
+                if last is not None and last.index == index and not calls and not last.tool_calls:
+                    last.text += text
+                    last.completion_tokens = counts[index]
+                    if logprobs:
+                        last.logprobs = (last.logprobs or []) + logprobs
+                    continue
+                pieces.append(GenerationChunk(text, None, prompt_tokens, counts[index], index=index,
+                                              tool_calls=calls, logprobs=logprobs))
+        for piece in pieces:
+            piece.prompt_tokens = prompt_tokens
+            yield piece
+    # the final chunks (one per choice) carry the upstream's exact usage (include_usage) as the
+    # pool's do, or the estimates when the upstream sent none
+    exact = _split_total(completion_tokens, counts) if completion_tokens is not None else counts
+    for index in sorted(counts):
+        yield GenerationChunk("", finish.get(index) or "stop", prompt_tokens, exact[index], index=index,
+                              constrained=constrained, gpu_seconds=0.0, replica="upstream")
+
+
+def _split_total(total: int, estimates: dict[int, int]) -> dict[int, int]:
+    """The usage event's completion tokens (one total over the choices) as per-choice counts
+    that sum to it exactly, in proportion to each choice's estimate."""
+    indexes = sorted(estimates)
+    weights = [estimates[i] for i in indexes]
+    if not sum(weights):
+        weights = [1] * len(indexes)
+    out = {i: total * w // sum(weights) for i, w in zip(indexes, weights)}
+    out[indexes[0]] += total - sum(out.values())
+    return out
+
+
+def _logprob_entries(logprobs) -> list[dict] | None:
+    """OpenAI's per-token entries from a choice's logprobs, chat ({"content": [...]}) or the
+    legacy completions shape (parallel lists)."""
+    if not isinstance(logprobs, dict):
+        return None
+    if "content" in logprobs:
+        return logprobs.get("content") or None
+    tokens = logprobs.get("tokens") or []
+    values = logprobs.get("token_logprobs") or []
+    tops = logprobs.get("top_logprobs") or []
+    return [{"token": t, "logprob": values[i] if i < len(values) else None, "bytes": list(t.encode("utf-8")),
+             "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))}
+                              for k, v in ((tops[i] if i < len(tops) else None) or {}).items()]}
+            for i, t in enumerate(tokens)] or None
+
+
+def asked_to_enforce(req: GenerationRequest) -> str | None:
+    """What an upstream was asked to constrain the answer to, for the ledger (as the pool's
+    engine reports the grammar it used)."""
+    if req.response_format and req.response_format.get("type") in ("json_schema", "json_object"):
+        return req.response_format["type"]
+    if req.tools and (req.tool_choice == "required" or isinstance(req.tool_choice, dict)):
+        return "tool_call"
+    return None
+
+
+def _agent_fields(body: dict, req: GenerationRequest) -> None:
+    """The agent and sampling fields, as the client sent them; defaults are left out so an
+    upstream that does not know a field is not asked about it."""
+    for key in ("tools", "tool_choice", "parallel_tool_calls", "response_format"):
+        value = getattr(req, key)
+        if value is not None:
+            body[key] = value
+    if req.n != 1:
+        body["n"] = req.n
+    if req.presence_penalty:
+        body["presence_penalty"] = req.presence_penalty
+    if req.frequency_penalty:
+        body["frequency_penalty"] = req.frequency_penalty
+    if req.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in req.logit_bias.items()}
+    if req.logprobs:
+        if req.messages is None:  # the legacy endpoint's logprobs is the number of alternatives
+            body["logprobs"] = req.top_logprobs
+        else:
+            body["logprobs"] = True
+            if req.top_logprobs:
+                body["top_logprobs"] = req.top_logprobs
+    body.update(req.passthrough)
 
 
 def _count(reported, otherwise: int) -> int:

@@ -1,5 +1,7 @@
 """A fake OpenAI-compatible upstream that answers instantly (streaming or not), for measuring
-what a gateway adds. A bare ASGI app, so its own cost stays small and constant.
+what a gateway adds. A bare ASGI app, so its own cost stays small and constant. Requests with
+tools, response_format, n > 1 or logprobs get the agent answers of loadtests/fake_agent_upstream.py
+(tool calls, JSON); the last requests' bodies are kept in RECEIVED for tests to look at.
 Run: python -m loadtests.fake_upstream --port 9100
 """
 
@@ -8,6 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import deque
+
+from loadtests import fake_agent_upstream
+
+RECEIVED: deque[dict] = deque(maxlen=32)  # request bodies, newest last
 
 WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
 
@@ -51,8 +58,14 @@ async def app(scope, receive, send):
     if scope["method"] == "GET":
         return await _json(send, {"status": "ok"})
     req = json.loads(body or b"{}")
+    RECEIVED.append(req)
     chat = path.endswith("/chat/completions")
     model, created, rid = req.get("model", "fake"), int(time.time()), "cmpl-fake"
+    if fake_agent_upstream.wants_agent_answer(req):
+        full, events = fake_agent_upstream.answer(req, chat, {"id": rid, "created": created, "model": model})
+        if not req.get("stream"):
+            return await _json(send, full)
+        return await _sse(send, events)
     n = min(len(WORDS), int(req.get("max_tokens") or len(WORDS)))
     if not req.get("stream"):
         text = "".join(WORDS[:n])
@@ -60,8 +73,6 @@ async def app(scope, receive, send):
                   else {"index": 0, "text": text, "finish_reason": "stop"})
         return await _json(send, {"id": rid, "object": "chat.completion" if chat else "text_completion",
                                   "created": created, "model": model, "choices": [choice], "usage": _usage(n)})
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
     obj = "chat.completion.chunk" if chat else "text_completion"
     events = []
     for i, word in enumerate(WORDS[:n]):
@@ -72,6 +83,12 @@ async def app(scope, receive, send):
     events.append({"id": rid, "object": obj, "created": created, "model": model, "choices": [last]})
     if (req.get("stream_options") or {}).get("include_usage"):
         events.append({"id": rid, "object": obj, "created": created, "model": model, "choices": [], "usage": _usage(n)})
+    await _sse(send, events)
+
+
+async def _sse(send, events: list[dict]) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
     payload = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
     await send({"type": "http.response.body", "body": payload})
 
