@@ -63,6 +63,14 @@ class RoutePolicy(Strict):
         "(after the other tier's first model).")
     session_affinity: bool = Field(
         True, description="Requests with the same `x-session-id` keep the model their session started on (agent chains).")
+    tools_tier: str | None = Field(
+        None, description="Tier for `auto` requests that offer the model tools (an agent's step: `tools` with a "
+        "`tool_choice` other than `none`), whatever the classifier says: calling tools well takes a capable model, "
+        "and a prompt full of tool schemas tells the classifier little. Not downgraded for budget or capacity. "
+        "Unset: such requests are routed like any other.")
+    structured_tier: str | None = Field(
+        None, description="Tier for `auto` requests with a `response_format` (json_object or json_schema), "
+        "when `tools_tier` does not apply. Unset: routed like any other.")
     speculative: SpeculativePolicy | None = Field(
         None, description="Opt-in speculative decoding for this route's requests (`auto` and explicit models alike): "
         "a small model drafts tokens that the served model verifies several at a time.")
@@ -107,6 +115,10 @@ class Policy(Strict):
             for tier in (route.small, route.large):
                 if route.strategy == "classifier" and tier not in self.tiers:
                     raise ValueError(f"routes.{name}: tier {tier!r} is not defined under tiers")
+            for key in ("tools_tier", "structured_tier"):
+                tier = getattr(route, key)
+                if tier is not None and tier not in self.tiers:
+                    raise ValueError(f"routes.{name}.{key}: tier {tier!r} is not defined under tiers")
         for team, tp in self.teams.items():
             if tp.route not in self.routes:
                 raise ValueError(f"teams.{team}.route: {tp.route!r} is not one of the routes")

@@ -2,7 +2,8 @@
 policy when its file changes.
 
 A decision reads, in order: the route for the team; session affinity (an agent's next step stays
-on the model its session started on); the classifier's P(large needed) against the route's
+on the model its session started on); the route's tier for requests with tools or a response
+format, when it names one; the classifier's P(large needed) against the route's
 calibrated threshold; then two downgrades to the small tier: the team is near its budget, or
 the large tier is saturated (queue depth from the pool). Every step names itself in `reason`.
 """
@@ -94,6 +95,13 @@ class PolicyRouter:
             pinned = self._session_model(context.session_id)
             if pinned is not None:
                 return RoutingDecision(pinned, f"route:{name}:session_affinity", None, self._fallbacks(route, pinned))
+        signal = self._request_kind_tier(route, context)
+        if signal is not None:
+            tier, why = signal
+            model = self.policy.tiers[tier][0]
+            if route.session_affinity and context.session_id:
+                self._remember(context.session_id, model)
+            return RoutingDecision(model, f"route:{name}:{why}", None, self._fallbacks(route, model))
         score = self.classifier.score(messages=context.messages, prompt=context.prompt)
         tier, why = (route.large, "classifier_large") if score >= self.thresholds[name] else (route.small, "classifier_small")
         if tier == route.large and route.budget_downgrade_at is not None and context.team:
@@ -108,6 +116,15 @@ class PolicyRouter:
         if route.session_affinity and context.session_id:
             self._remember(context.session_id, model)
         return RoutingDecision(model, f"route:{name}:{why}", score, self._fallbacks(route, model))
+
+    @staticmethod
+    def _request_kind_tier(route: RoutePolicy, context: RouteContext) -> tuple[str, str] | None:
+        """(tier, reason) when the request's kind (an agent's step, structured output) picks the tier."""
+        if context.tools and route.tools_tier is not None:
+            return route.tools_tier, "tools_tier"
+        if context.structured and route.structured_tier is not None:
+            return route.structured_tier, "structured_tier"
+        return None
 
     def _fallbacks(self, route: RoutePolicy, chosen: str) -> tuple[str, ...]:
         ordered: list[str] = []

@@ -61,3 +61,22 @@ def test_policy_edits_take_effect_without_a_restart(tmp_path, zoo_dir, start_ser
     while time.time() < deadline and ask(server).headers["x-muxgate-model"] != "mux-5m":
         time.sleep(0.2)
     assert ask(server).headers["x-muxgate-model"] == "mux-5m"
+
+
+def test_requests_offering_tools_get_the_routes_tools_tier(tmp_path, zoo_dir, start_server):
+    policy = {"version": 1, "tiers": {"small": ["mux-2m"], "large": ["mux-5m"]},
+              "routes": {"default": {"threshold": 1.0, "tools_tier": "large"}}}  # the classifier: always small
+    server = serve_with_policy(tmp_path, zoo_dir, start_server, policy)
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+
+    def ask_with(**fields):
+        return httpx.post(server.base_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY_ALPHA}"},
+                          json={"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                                **fields}, timeout=60)
+    agent = ask_with(tools=[tool])
+    assert agent.status_code == 200, agent.text
+    assert (agent.headers["x-muxgate-model"], agent.headers["x-muxgate-route-reason"]) == \
+        ("mux-5m", "route:default:tools_tier")
+    # tools the model may not call (tool_choice none) are no agent step: the classifier decides
+    assert ask_with(tools=[tool], tool_choice="none").headers["x-muxgate-route-reason"] == \
+        "route:default:classifier_small"

@@ -87,6 +87,23 @@ def test_team_override_and_explicit_models():
     assert asyncio.run(r.decide("nope", RouteContext("t"))) is None
 
 
+def test_tools_and_response_formats_pick_their_tiers():
+    agents = {**POLICY, "routes": {**POLICY["routes"], "default": {
+        "threshold": 0.5, "tools_tier": "large", "structured_tier": "small"}}}
+    r = router(policy=agents)
+
+    def ask(**kind):
+        return asyncio.run(r.decide("auto", RouteContext("t", None, "hi", None, **kind)))
+    tools, structured, plain = ask(tools=True), ask(structured=True, tools=False), ask()
+    assert (tools.model, tools.reason) == ("l1", "route:default:tools_tier")
+    assert (structured.model, structured.reason) == ("s1", "route:default:structured_tier")
+    assert (plain.model, plain.reason) == ("s1", "route:default:classifier_small")  # the classifier, as before
+    assert ask(tools=True, structured=True).reason == "route:default:tools_tier"  # an agent's step wins
+    # without the keys, tools are routed like any request
+    assert decide(router(), "hi").reason == asyncio.run(router().decide(
+        "auto", RouteContext("t", None, "hi", None, tools=True))).reason == "route:default:classifier_small"
+
+
 @pytest.mark.parametrize("change,where", [
     ({"surprise": 1}, "surprise"),
     ({"tiers": {"small": []}}, "small"),
@@ -94,6 +111,7 @@ def test_team_override_and_explicit_models():
     ({"routes": {"default": {"large": "huge"}}}, "huge"),
     ({"teams": {"x": {"route": "ghost"}}}, "ghost"),
     ({"routes": {"default": {"threshold": 1.5}}}, "routes.default.threshold"),
+    ({"routes": {"default": {"tools_tier": "xl"}}}, "routes.default.tools_tier"),
 ])
 def test_invalid_policies_are_refused_naming_file_and_key(tmp_path, change, where):
     path = tmp_path / "routing.yaml"
