@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from loadtests import fake_upstream
-from support import KEY_ALPHA, ServerThread, make_config
+from support import KEY_ALPHA
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.", "strict": True,
@@ -20,26 +20,6 @@ WEATHER = {"type": "function", "function": {
 CLOCK = {"type": "function", "function": {
     "name": "get_time", "parameters": {"type": "object", "properties": {"tz": {"type": "integer", "minimum": -12}}}}}
 ASK = [{"role": "user", "content": "Weather and time in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with ServerThread(fake_upstream.app) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def remote_gateway(upstream, zoo_dir):
-    from gateway.app import create_app
-    from gateway.config import parse_config
-    from gateway.server import make_backend
-
-    config = make_config(zoo_dir)
-    config["models"] = config["models"] + [{"name": "remote", "upstream": {"base_url": upstream.base_url + "/v1",
-                                                                            "model": "fake"}}]
-    cfg = parse_config(config)
-    with ServerThread(create_app(cfg, make_backend(cfg, use_ray=False))) as server:
-        yield server
 
 
 @pytest.fixture
