@@ -85,7 +85,8 @@ def grammar_spec(req: GenerationRequest) -> GrammarSpec | None:
             name = req.tool_choice["function"]["name"]
             tools = [t for t in tools if t["name"] == name]
         spec = {"tools": [{"name": t["name"], "parameters": t.get("parameters") or {"type": "object"}} for t in tools],
-                "mode": mode, "parallel": req.parallel_tool_calls is not False}
+                # a named tool is called once (as OpenAI does); otherwise parallel unless turned off
+                "mode": mode, "parallel": mode != "named" and req.parallel_tool_calls is not False}
         return GrammarSpec("tool_call", _canonical(spec))
     fmt = req.response_format or {}
     if fmt.get("type") == "json_object":

@@ -18,7 +18,8 @@ become its `<tool_call>` blocks, and a `tool` message becomes a user turn wrappe
 Grammar (xgrammar structural tags; workers/grammar.py compiles them): each tool is one tag whose
 begin fixes the name and whose content is that tool's `parameters` schema, so a call's name is
 one of the tools and its arguments validate.
-- "required" / a named tool: only calls (at least one; one unless parallel), nothing else;
+- "required": only calls (at least one; exactly one when parallel_tool_calls is false);
+- a named tool: exactly one call of it, nothing else;
 - "auto": free text until the `<tool_call>` trigger, then a complete call; text may follow.
 """
 

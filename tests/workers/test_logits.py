@@ -7,16 +7,12 @@ import math
 import pytest
 import torch
 
-from workers.engine import Engine
 from workers.logits import Penalties
 from workers.types import GenerationRequest
 
 @pytest.fixture(scope="module")
-def engine(zoo_dir):
-    torch.set_num_threads(1)
-    eng = Engine.load("mux-2m", str(zoo_dir / "mux-2m"), dtype="float32")
-    yield eng
-    eng.close()
+def engine(engine_2m):
+    return engine_2m
 
 def run(engine, **kw):
     async def go():
