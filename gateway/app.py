@@ -94,7 +94,8 @@ class Gateway:
                                              self.metrics, config.server,
                                              admission=self.tenancy.admission if self.tenancy else None)
         self.created = int(time.time())
-        self.auth_limiter = FailedAuthLimiter(config.server.auth_failures_per_minute)
+        self.auth_limiter = FailedAuthLimiter(config.server.auth_failures_per_minute,
+                                              trusted_proxies=config.server.trusted_proxies)
         self.metrics.registry.register(self.pool_metrics)
 
     def _make_router(self, config: MuxgateConfig):
@@ -128,14 +129,15 @@ def _endpoint(handler):
 
     async def endpoint(request: Request) -> Response:
         gw: Gateway = request.app.state.gateway
-        address = request.client.host if request.client else "unknown"
+        subjects = ()
         try:
             if "authorization" in request.headers or request.url.path.startswith("/v1/"):
-                gw.auth_limiter.check(address)
+                subjects = gw.auth_limiter.request_subjects(request)
+                gw.auth_limiter.check(subjects)
             return await handler(gw, request)
         except Exception as exc:
             if isinstance(exc, Unauthorized):
-                gw.auth_limiter.record_failure(address)
+                gw.auth_limiter.record_failure(subjects)
             response = error_response(exc, request.state.request_id)
             code = exc.code if isinstance(exc, GatewayError) else getattr(exc, "code", "internal_error")
             gw.metrics.errors.labels(str(response.status_code), str(code)).inc()

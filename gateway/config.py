@@ -29,8 +29,26 @@ class ServerConfig(Strict):
     body_read_timeout_s: float = Field(
         30.0, gt=0, description="A client must send its whole request body within this long, else 408 (slow clients).")
     auth_failures_per_minute: int = Field(
-        20, ge=0, description="Failed authentications allowed per client address per minute (per gateway process) "
-        "before further attempts get 429; 0 disables the limit.")
+        20, ge=0, description="Failed authentications allowed per minute (per gateway process) for one presented "
+        "key, and for one client address when `trusted_proxies` tells the address, before further attempts get "
+        "429; 0 disables the limit.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Addresses or CIDRs of the proxies in front of the gateway (Ingress, load "
+        "balancer). Only when the peer is one of them is X-Forwarded-For believed (its rightmost hop not in this "
+        "list is the client), and failed authentications are then also limited per client address. Empty: the "
+        "address is not used (behind a proxy every client would share it).")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None
+        return v
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="On SIGTERM/Ctrl-C, how long requests still in flight (streams included) may run "
         "before the gateway closes them and stops.")

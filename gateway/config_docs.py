@@ -43,8 +43,10 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     for name, field in model.model_fields.items():
         key = f"{prefix}.{name}" if prefix else name
         sub = _is_model(field.annotation)
-        shown = ("list of " if "list" in str(field.annotation) else "") + (sub.__name__ if sub else "")
-        out.append(f"| `{key}` | {shown or _type_name(field.annotation)} | {_default(field)} | "
+        # "list of" only for lists of sections; a plain list (of str, ...) is named by _type_name
+        shown = (("list of " if "list" in str(field.annotation) else "") + sub.__name__ if sub
+                 else _type_name(field.annotation))
+        out.append(f"| `{key}` | {shown} | {_default(field)} | "
                    f"{field.description or ''} |")
         if sub:
             nested.append((sub, key + ("[]" if "list" in str(field.annotation) else "")))

@@ -78,19 +78,15 @@ def _sign_in(request: Request, message: str, params=None) -> HTMLResponse:
     return HTMLResponse(body, status_code=401, headers={"content-security-policy": CONTENT_SECURITY_POLICY})
 
 
-def _address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 async def _sign_in_with(gw, request: Request, key: str, params: list[tuple[str, str]]) -> Response:
     """Check a key sent by the form (or a ?key= link) and answer with a session cookie and a
     redirect to the page; a wrong key counts against the failed-auth limit like the API's."""
-    address = _address(request)
-    gw.auth_limiter.check(address)
+    subjects = gw.auth_limiter.request_subjects(request, token=key)
+    gw.auth_limiter.check(subjects)
     try:
         caller = await gw.callers.caller(f"Bearer {key}")
     except Unauthorized:
-        gw.auth_limiter.record_failure(address)
+        gw.auth_limiter.record_failure(subjects)
         return _sign_in(request, "That key was not accepted.", params)
     rest = urlencode([(k, v) for k, v in params if k != "key"])
     response = RedirectResponse(COOKIE_PATH + (f"?{rest}" if rest else ""), status_code=303)

@@ -97,6 +97,8 @@ def test_hundreds_of_idle_connections_do_not_block_a_request(sqlite_gateway):
 
 
 def test_failed_auth_from_one_address_gets_429_after_the_limit(sqlite_gateway):
+    """A scanner trying a new key each time, from a direct client's address (the config lists its
+    proxies, so a peer that is not one is a client whose address counts)."""
     url = sqlite_gateway.base_url + CHAT
     # The attacker is another loopback address, so this test's lockout is its own.
     attacker = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)

@@ -28,10 +28,12 @@ def test_wrong_keys_at_the_sign_in_form_count_against_the_failed_auth_limit(zoo_
     config = tenancy_config(zoo_dir, f"sqlite:///{tmp_path / 'muxgate.db'}")
     config["server"] = {**make_config(zoo_dir)["server"], "auth_failures_per_minute": 3}
     server = start_server(config)
+    wrong = {"key": "mg-wrong-0123456789abcdef"}
     for _ in range(3):
-        assert httpx.post(server.base_url + "/reports", data={"key": "mg-wrong-0123456789abcdef"}).status_code == 401
-    blocked = httpx.post(server.base_url + "/reports", data={"key": ADMIN_KEY})  # even the right key, for now
+        assert httpx.post(server.base_url + "/reports", data=wrong).status_code == 401
+    blocked = httpx.post(server.base_url + "/reports", data=wrong)
     assert blocked.status_code == 429 and blocked.json()["error"]["code"] == "too_many_auth_failures"
+    assert httpx.post(server.base_url + "/reports", data={"key": ADMIN_KEY}).status_code == 303  # others still sign in
 
 
 def test_the_cookie_flag_follows_the_config_not_the_request_scheme(zoo_dir, start_server, tmp_path):
