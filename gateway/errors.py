@@ -97,7 +97,10 @@ def describe(exc: BaseException, request_id: str) -> tuple[int, dict, dict]:
         headers, retry = dict(exc.headers), exc.retry_after
     elif isinstance(exc, PoolError):
         type_ = "invalid_request_error" if exc.status < 500 else "server_error"
-        param = "model" if exc.status == 404 else ("messages" if exc.code == "context_length_exceeded" else None)
+        # a pool error may name the request field it is about (details["param"], e.g. a schema its
+        # grammar compiler could not handle: "response_format")
+        param = exc.details.get("param") or (
+            "model" if exc.status == 404 else ("messages" if exc.code == "context_length_exceeded" else None))
         status, body = exc.status, error_body(exc.message, type_, param, exc.code)
         headers, retry = {}, exc.retry_after
     else:

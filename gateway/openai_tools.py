@@ -37,28 +37,50 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-def _depth(value) -> int:
-    """Nesting depth of a JSON value, without recursion (a hostile schema is not a stack test)."""
-    deepest, stack = 0, [(value, 1)]
+def _walk(value) -> tuple[int, list[str]]:
+    """Nesting depth of a JSON value and its `$ref` strings, without recursion (a hostile
+    schema is not a stack test); stops counting past the depth limit."""
+    deepest, refs, stack = 0, [], [(value, 1)]
     while stack:
         node, level = stack.pop()
         if isinstance(node, dict):
             children = node.values()
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
         elif isinstance(node, list):
             children = node
         else:
             continue
         deepest = max(deepest, level)
         if deepest > MAX_SCHEMA_DEPTH:
-            return deepest
+            return deepest, refs
         stack.extend((child, level + 1) for child in children)
-    return deepest
+    return deepest, refs
+
+
+def _resolves(schema: dict, ref: str) -> bool:
+    """Whether a local `$ref` ('#' or a JSON pointer '#/...') points inside the schema."""
+    if ref == "#":
+        return True
+    if not ref.startswith("#/"):
+        return False
+    node = schema
+    for step in ref[2:].split("/"):
+        step = step.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and step in node:
+            node = node[step]
+        elif isinstance(node, list) and step.isdigit() and int(step) < len(node):
+            node = node[int(step)]
+        else:
+            return False
+    return True
 
 
 def check_json_schema(schema: dict) -> dict:
     """A JSON Schema within the size bounds and valid under its draft's metaschema (2020-12
     when it names none), or a ValueError saying what is wrong."""
-    if _depth(schema) > MAX_SCHEMA_DEPTH:
+    depth, refs = _walk(schema)
+    if depth > MAX_SCHEMA_DEPTH:
         raise ValueError(f"the schema is nested more than {MAX_SCHEMA_DEPTH} levels deep")
     text = _encode(schema)
     if len(text.encode("utf-8")) > MAX_SCHEMA_BYTES:
@@ -71,6 +93,10 @@ def check_json_schema(schema: dict) -> dict:
     except SchemaError as exc:
         where = exc.json_path if exc.json_path != "$" else "the schema"
         raise ValueError(f"not a valid JSON Schema ({where}: {exc.message})") from None
+    for ref in refs:  # nothing is fetched: a reference must point inside the schema itself
+        if not _resolves(schema, ref):
+            raise ValueError(f"$ref {ref[:80]!r} does not point inside the schema (only local references "
+                             "'#/...' are supported)")
     _checked[text] = None
     while len(_checked) > _CHECKED_MAX:
         _checked.popitem(last=False)

@@ -87,6 +87,14 @@ BAD = [
     ("oversized response schema", dict(response_format={"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"enum": ["y" * 70_000]}}}), "response_format.json_schema.schema"),
     ("unknown response format", dict(response_format={"type": "yaml"}), "response_format.type"),
+    ("a $ref that resolves nowhere", dict(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}}),
+     "response_format.json_schema.schema"),
+    ("a remote $ref", dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {
+        "$ref": "https://example.com/schema.json"}}}]), "tools.0.function.parameters"),
+    ("an invalid regex pattern", dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "pattern": "(unclosed"}}}}}]),
+     "tools.0.function.parameters"),
     ("top_logprobs without logprobs", dict(top_logprobs=2), "top_logprobs"),
     ("top_logprobs above 20", dict(logprobs=True, top_logprobs=21), "top_logprobs"),
     ("n above the limit", dict(n=9), "n"),

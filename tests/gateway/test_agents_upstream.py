@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from loadtests import fake_upstream
+from chat_views import reassemble, whole
 from support import KEY_ALPHA
 
 WEATHER = {"type": "function", "function": {
@@ -25,36 +26,6 @@ ASK = [{"role": "user", "content": "Weather and time in Paris?"}]
 @pytest.fixture
 def client(remote_gateway):
     return openai.OpenAI(base_url=remote_gateway.base_url + "/v1", api_key=KEY_ALPHA, max_retries=0, timeout=60)
-
-
-def reassemble(chunks) -> dict[int, dict]:
-    """Per choice: the message the deltas add up to (what a client library does with a stream)."""
-    out: dict[int, dict] = {}
-    for chunk in chunks:
-        for choice in chunk.choices:
-            msg = out.setdefault(choice.index, {"content": None, "tool_calls": {}, "finish_reason": None,
-                                                "logprobs": []})
-            delta = choice.delta
-            if delta.content:
-                msg["content"] = (msg["content"] or "") + delta.content
-            for call in delta.tool_calls or []:
-                slot = msg["tool_calls"].setdefault(call.index, {"id": None, "name": "", "arguments": ""})
-                slot["id"] = call.id or slot["id"]
-                slot["name"] += (call.function.name or "") if call.function else ""
-                slot["arguments"] += (call.function.arguments or "") if call.function else ""
-            if choice.logprobs and choice.logprobs.content:
-                msg["logprobs"].extend(e.model_dump() for e in choice.logprobs.content)
-            msg["finish_reason"] = choice.finish_reason or msg["finish_reason"]
-    return out
-
-
-def whole(choice) -> dict:
-    """The same view of a non-streamed choice."""
-    msg = choice.message
-    return {"content": msg.content, "finish_reason": choice.finish_reason,
-            "tool_calls": {i: {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
-                           for i, c in enumerate(msg.tool_calls or [])},
-            "logprobs": [e.model_dump() for e in (choice.logprobs.content if choice.logprobs else None) or []]}
 
 
 def test_every_agent_field_reaches_the_upstream_as_sent(client):

@@ -1,0 +1,61 @@
+"""The agent part of the chat API on the pool's own engine (zoo models), through a real server and
+the official client: n choices with logprobs, streamed exactly as answered whole, usage over every
+choice, json_schema answers that validate."""
+
+import json
+
+import jsonschema
+import pytest
+
+from chat_views import reassemble, whole
+
+ASK = [{"role": "user", "content": "Tell me about the weather."}]
+
+
+def test_n_choices_stream_exactly_as_the_whole_answer_and_usage_counts_them_all(openai_client):
+    args = dict(model="mux-5m", messages=ASK, n=3, max_tokens=6, seed=11, temperature=1.0, logprobs=True,
+                top_logprobs=2)
+    out = openai_client.chat.completions.create(**args)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert len({c.message.content for c in out.choices}) > 1  # three samples, not one answer three times
+    for c in out.choices:
+        assert c.finish_reason in ("stop", "length")
+        assert "".join(e.token for e in c.logprobs.content) == c.message.content
+        assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in c.logprobs.content)
+    # one logprob entry per sampled token: usage is every choice's tokens, the prompt once
+    assert out.usage.completion_tokens == sum(len(c.logprobs.content) for c in out.choices)
+    single = openai_client.chat.completions.create(model="mux-5m", messages=ASK, max_tokens=1)
+    assert out.usage.prompt_tokens == single.usage.prompt_tokens
+
+    chunks = list(openai_client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **args))
+    streamed, answered = reassemble(chunks), {c.index: whole(c) for c in out.choices}
+    # the same tokens; their logprobs agree to bf16 noise (another batch, other kernels' rounding)
+    assert numbers(streamed) == pytest.approx(numbers(answered), abs=0.05)
+    assert without_numbers(streamed) == without_numbers(answered)
+    assert chunks[-1].usage.model_dump() == out.usage.model_dump()
+
+
+def numbers(view):
+    return [e["logprob"] for i in sorted(view) for e in view[i]["logprobs"]] + \
+        [t["logprob"] for i in sorted(view) for e in view[i]["logprobs"] for t in e["top_logprobs"]]
+
+
+def without_numbers(view):
+    def strip(entry):
+        return {**entry, "logprob": None, "top_logprobs": [{**t, "logprob": None} for t in entry["top_logprobs"]]}
+    return {i: {**v, "logprobs": [strip(e) for e in v["logprobs"]]} for i, v in view.items()}
+
+
+def test_json_schema_answers_validate_on_a_random_weight_model(openai_client):
+    schema = {"type": "object", "properties": {
+        "sky": {"enum": ["clear", "cloudy", "rain"]},
+        "temp": {"type": "integer", "minimum": -30, "maximum": 45},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3}},
+        "required": ["sky", "temp", "tags"], "additionalProperties": False}
+    for seed in range(3):
+        out = openai_client.chat.completions.create(
+            model="mux-2m", messages=ASK, max_tokens=80, seed=seed, response_format={
+                "type": "json_schema", "json_schema": {"name": "weather", "schema": schema, "strict": True}})
+        choice = out.choices[0]
+        assert choice.finish_reason == "stop", choice
+        jsonschema.validate(json.loads(choice.message.content), schema)
