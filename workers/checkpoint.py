@@ -27,7 +27,12 @@ def read_header_from(fh) -> tuple[dict, int]:
 
 
 def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
-    """Every tensor's shape across a checkpoint directory's safetensors files."""
+    """Every tensor's shape across a checkpoint directory's safetensors files (or, for a prepared
+    GGUF directory, its tensor table)."""
+    from workers import gguf
+
+    if gguf.is_gguf_dir(path):
+        return gguf.hf_shapes(gguf.read_table(path))
     shapes = {}
     for f in safetensors_files(Path(path)):
         shapes.update({k: v["shape"] for k, v in read_header(f).items() if k != "__metadata__"})
@@ -41,10 +46,7 @@ def _tensor_sizes(file: Path) -> tuple[int, int]:
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        count = 1
-        for dim in meta["shape"]:
-            count *= dim
-        params += count
+        params += _count(meta["shape"])
         start, end = meta["data_offsets"]
         nbytes += end - start
     return params, nbytes
@@ -52,9 +54,16 @@ def _tensor_sizes(file: Path) -> tuple[int, int]:
 
 def read_model_info(name: str, path: str | Path) -> ModelInfo:
     """Name, context length, parameter count and weight bytes of a checkpoint directory."""
+    from workers import gguf
+
     path = Path(path)
     try:
         config = json.loads((path / "config.json").read_text())
+        if gguf.is_gguf_dir(path):  # parameters as the model holds them; bytes as the file packs them
+            table = gguf.read_table(path)
+            params = sum(_count(shape) for shape in gguf.hf_shapes(table).values())
+            nbytes = gguf.packed_bytes(table)
+            return _info(name, config, params, nbytes)
         files = safetensors_files(path)
         if not files:
             raise FileNotFoundError(f"no *.safetensors in {path}")
@@ -64,5 +73,16 @@ def read_model_info(name: str, path: str | Path) -> ModelInfo:
             params, nbytes = params + p, nbytes + b
     except (OSError, ValueError, KeyError, struct.error) as exc:
         raise ModelLoadFailed(f"model {name!r}: cannot read checkpoint at {path}: {exc}") from exc
+    return _info(name, config, params, nbytes)
+
+
+def _count(shape) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def _info(name: str, config: dict, params: int, nbytes: int) -> ModelInfo:
     context = int(config.get("max_position_embeddings") or config.get("n_positions") or 2048)
     return ModelInfo(name=name, context_length=context, parameters=params, weight_bytes=nbytes)

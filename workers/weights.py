@@ -108,23 +108,31 @@ def load_cold(path: str, dtype: torch.dtype, device: str, quantization: str | No
     are views of the checkpoint's files, while a reader thread reads every byte of them in one
     sequential pass (workers/cold_read.py). Returns when all weights are in memory: transformers'
     own loader would map the files lazily and leave the reading to the first forward pass."""
+    from workers import gguf
     from workers.cold_read import EagerReader, checkpoint_files
 
     files = checkpoint_files(path)
     config = AutoConfig.from_pretrained(path)
     model_class = _causal_lm_class(config)
+    if gguf.is_gguf_dir(path):  # packed bytes read from the GGUF file, dequantized into `dtype`
+        return _build(path, model_class, config, gguf.load_state_dict(path, dtype, config), dtype, device, quantization)
     if not files or model_class is None:  # a .bin checkpoint, an unknown architecture: transformers
         return _from_pretrained(path, dtype, device, quantization)
     reader = EagerReader(files)
     try:
-        state_dict = reader.state_dict()
-        with BUILD_LOCK:
-            model = model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype)
-        model.config.name_or_path = model.name_or_path = path
-        if (Path(path) / "generation_config.json").exists():
-            model.generation_config = GenerationConfig.from_pretrained(path)
+        return _build(path, model_class, config, reader.state_dict(), dtype, device, quantization)
     finally:
         reader.wait()
+
+
+def _build(path: str, model_class, config, state_dict: dict, dtype: torch.dtype, device: str,
+           quantization: str | None):
+    """The model transformers builds from `state_dict`, on `device`, quantized if asked."""
+    with BUILD_LOCK:
+        model = model_class.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype)
+    model.config.name_or_path = model.name_or_path = path
+    if (Path(path) / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(path)
     if quantization is not None:  # quantize on the host: the device never holds the float weights
         model = quantize(model, quantization)
     if device != "cpu":
