@@ -1,9 +1,10 @@
 """An agent framework end to end: the OpenAI Agents SDK (openai-agents) runs its tool loop
 against a running muxgate through its Chat Completions model, on a remote upstream that returns
-tool calls. No network, no tracing."""
+tool calls and on a zoo model whose call the engine's grammar forces. No network, no tracing."""
 
 import asyncio
 import json
+from typing import Literal
 
 import pytest
 from agents import (
@@ -62,3 +63,22 @@ def test_agents_sdk_tool_loop_against_an_upstream_that_calls_tools(remote_gatewa
     call = last["messages"][-2]["tool_calls"][0]
     assert last["messages"][-1]["tool_call_id"] == call["id"]
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_agents_sdk_on_a_zoo_model_with_tool_choice_required(gateway, stream):
+    # a random-weight model: only the engine's grammar makes its answer a valid call of this tool
+    seen = []
+
+    @function_tool
+    def get_weather(unit: Literal["celsius", "fahrenheit"]) -> str:
+        """The weather in Paris, in a unit."""
+        seen.append(unit)
+        return f"21 degrees {unit}"
+
+    result = run_agent(gateway.base_url, "mux-2m", [get_weather], stream, tool_use_behavior="stop_on_first_tool",
+                       # room for the whole call: the zoo's byte-level tokens make one ~70 tokens long
+                       model_settings=ModelSettings(tool_choice="required", parallel_tool_calls=False, max_tokens=200,
+                                                    temperature=0))
+    assert len(seen) == 1 and seen[0] in ("celsius", "fahrenheit")
+    assert result.final_output == f"21 degrees {seen[0]}"
