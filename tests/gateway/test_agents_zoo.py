@@ -59,3 +59,31 @@ def test_json_schema_answers_validate_on_a_random_weight_model(openai_client):
         choice = out.choices[0]
         assert choice.finish_reason == "stop", choice
         jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenheit"]},
+                                     "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+    "required": ["unit", "days"]}}}
+
+
+def test_a_forced_tool_call_streams_as_answered_and_the_loop_closes(openai_client):
+    args = dict(model="mux-2m", messages=ASK, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False,
+                max_tokens=200, temperature=0)
+    out = openai_client.chat.completions.create(**args)
+    choice = out.choices[0]
+    assert (choice.finish_reason, choice.message.content) == ("tool_calls", None)
+    [call] = choice.message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    chunks = list(openai_client.chat.completions.create(stream=True, **args))
+    streamed = reassemble(chunks)
+    assert streamed[0]["tool_calls"][0].pop("id").startswith("call_")  # each answer names its calls afresh
+    answered = whole(choice)
+    answered["tool_calls"][0].pop("id")
+    assert streamed == {0: answered}
+    # the agent's next step: the call and its result go back; the model answers (text or another call)
+    follow = openai_client.chat.completions.create(model="mux-2m", tools=[WEATHER], max_tokens=8, messages=ASK + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "21 degrees, sunny"}])
+    assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert follow.usage.prompt_tokens > out.usage.prompt_tokens  # the call and its result are in the prompt
