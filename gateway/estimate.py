@@ -22,6 +22,11 @@ from workers.types import GenerationRequest
 MESSAGE_OVERHEAD_TOKENS = 8
 # Per request: BOS, the generation prompt, a template's default system prompt.
 REQUEST_OVERHEAD_TOKENS = 64
+# With tools: the instructions a template puts around the tool list (the engine's default
+# rendering, workers/tool_format.py, and Qwen / Hermes templates: about 430 bytes of text), and per
+# call or tool result its wrapping (<tool_call>, <tool_response> and their newlines, under 40 bytes).
+TOOLS_OVERHEAD_TOKENS = 512
+TOOL_MESSAGE_OVERHEAD_TOKENS = 48
 
 
 def _utf8_len(text: str | None) -> int:
@@ -35,6 +40,13 @@ def _message_bytes(m: dict) -> int:
             + _utf8_len(m.get("tool_call_id")))
 
 
+def _tool_overheads(req: GenerationRequest) -> int:
+    """The template text around tools, calls and results (bytes bound tokens only for the
+    request's own text)."""
+    calls = sum(len(m.get("tool_calls") or ()) + (m.get("role") == "tool") for m in req.messages)
+    return (TOOLS_OVERHEAD_TOKENS if req.tools else 0) + calls * TOOL_MESSAGE_OVERHEAD_TOKENS
+
+
 def _tools_bytes(req: GenerationRequest) -> int:
     """The tool definitions and the answer's schema, which a chat template renders into the prompt."""
     extra = [x for x in (req.tools, req.response_format) if x]
@@ -45,7 +57,7 @@ def prompt_token_bound(req: GenerationRequest) -> int:
     """Tokens the prompt of ``req`` can at most take once templated and tokenized."""
     if req.messages is not None:
         body = sum(_utf8_len(m.get("role")) + _message_bytes(m) + MESSAGE_OVERHEAD_TOKENS
-                   for m in req.messages) + _tools_bytes(req)
+                   for m in req.messages) + _tools_bytes(req) + _tool_overheads(req)
     else:
         body = _utf8_len(req.prompt)
     return body + REQUEST_OVERHEAD_TOKENS

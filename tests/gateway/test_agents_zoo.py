@@ -87,3 +87,26 @@ def test_a_forced_tool_call_streams_as_answered_and_the_loop_closes(openai_clien
         {"role": "tool", "tool_call_id": call.id, "content": "21 degrees, sunny"}])
     assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert follow.usage.prompt_tokens > out.usage.prompt_tokens  # the call and its result are in the prompt
+
+
+def test_admissions_prompt_bound_covers_a_tool_requests_real_prompt(openai_client, zoo_dir):
+    # tools, a call and its result are templated into the prompt with text of the template's own
+    # around them; the bound admission reserves with must still cover the real count, and the
+    # rendered prompt's bytes (what bounds the tokens of any byte-level tokenizer)
+    from transformers import AutoTokenizer
+
+    from gateway.estimate import prompt_token_bound
+    from workers.tool_format import render_chat
+    from workers.types import GenerationRequest
+
+    tokenizer = AutoTokenizer.from_pretrained(str(zoo_dir / "mux-2m"))
+
+    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21"}]
+    for messages in (ASK, history):
+        out = openai_client.chat.completions.create(model="mux-2m", messages=messages, tools=[WEATHER], max_tokens=1)
+        req = GenerationRequest("r", messages=messages, tools=[WEATHER])
+        bound = prompt_token_bound(req)
+        assert out.usage.prompt_tokens <= bound
+        assert len(render_chat(tokenizer, req).encode()) <= bound

@@ -55,6 +55,15 @@ def test_worst_case_is_prompt_bound_plus_max_tokens_within_the_context():
         assert costs.cost("large", p, c) <= capped.cost_usd
 
 
+def test_worst_case_of_n_choices_pays_the_prompt_once_and_each_completion():
+    costs = CostModel.from_config(PRICING)
+    three = costs.worst_case("large", prompt_bound=100, max_tokens=50, context_length=2048, choices=3)
+    assert (three.tokens, three.cost_usd) == (250, costs.cost("large", 100, 150))
+    # each choice is capped by the context on its own (they share the prompt, not the window)
+    capped = costs.worst_case("large", prompt_bound=5000, max_tokens=100, context_length=1000, choices=2)
+    assert (capped.tokens, capped.cost_usd) == (1100, costs.cost("large", 900, 200))
+
+
 def test_worst_case_includes_the_gpu_allowance_and_rounds_up():
     costs = CostModel.from_config(PRICING)
     wc = costs.worst_case("gpu", prompt_bound=90, max_tokens=10, context_length=None)
