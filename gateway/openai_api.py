@@ -198,9 +198,10 @@ def parse_request(model_cls: type[Strict], body: dict) -> Strict:
 
 
 def _union_tag(part) -> bool:
-    """A location step pydantic adds for a union's member ('str', "literal['auto']", a model's
-    class name), not a field: OpenAI's field names are lower case."""
-    return isinstance(part, str) and (part.startswith(("str", "list[", "literal[", "dict[")) or part[:1].isupper())
+    """A location step pydantic adds for a union's member ('str', "list[str]", "literal['auto']",
+    a model's class name), not a field (`stream`, `stop`): OpenAI's field names are lower case."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or part[:1].isupper()
+                                      or part.startswith(("list[", "literal[", "dict[")))
 
 
 def to_generation(req: ChatCompletionRequest | CompletionRequest, request_id: str, default_max_tokens: int,

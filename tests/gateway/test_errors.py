@@ -68,6 +68,8 @@ def test_top_level_must_be_an_object(gateway):
     ({"model": "mux-2m"}, "messages"),
     ({"messages": [{"role": "user", "content": "x"}]}, "model"),
     (chat(messages=[{"role": "wizard", "content": "x"}]), "messages.0.role"),
+    (chat(stream="maybe"), "stream"),  # a field whose name starts like a type tag ('str') is still named
+    (chat(stop=7), "stop"),
 ])
 def test_schema_violations_are_400_naming_the_field(gateway, body, param):
     err = assert_openai_error(post(gateway, body), 400, param=param)
