@@ -366,6 +366,7 @@ class CompletionService:
             "key_id": trace.principal.key_id, "requested_model": trace.requested_model, "model": trace.decision.model,
             "route": trace.decision.reason, "status": trace.status, "error": trace.error_code,
             "prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
+            "tool_calls": trace.tool_calls, "constrained": trace.constrained,
             "latency_ms": round((trace.finished_at - trace.started) * 1000, 2),
             "ttft_ms": round((trace.first_token_at - trace.started) * 1000, 2) if trace.first_token_at else None,
             "overhead_ms": trace.extra.get("overhead_ms")})

@@ -23,6 +23,7 @@ def test_request_log_is_json_with_ids_and_without_key_or_prompt(gateway, caplog)
     line = JsonFormatter().format(records[-1])
     entry = json.loads(line)
     assert entry["request_id"] == rid and entry["model"] == "mux-2m" and entry["status"] == "ok"
+    assert (entry["tool_calls"], entry["constrained"]) == (0, None)  # a plain chat: no calls, free text
     everything = "\n".join(JsonFormatter().format(r) for r in caplog.records)
     assert KEY_ALPHA not in everything
     assert SECRET_PROMPT not in everything
