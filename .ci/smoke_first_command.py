@@ -5,8 +5,9 @@
 CLONE_DIR is a fresh clone with no .venv. The README's first command runs there exactly as written
 (`scripts/setup.sh && .venv/bin/muxgate serve`), with $MUXGATE_PORT set to a free port, in its own
 process group. Then, through the official `openai` client (this interpreter's, the test venv's):
-the clone's .venv has the runtime dependencies only, /healthz answers, one chat completion and one
-streamed chat completion with the printed demo key, /v1/models; SIGTERM to the process group (as
+the clone's .venv has the runtime dependencies only, /healthz answers, one chat completion, the real
+model's answer to "What is the capital of France?" (contains Paris) and one streamed chat completion
+with the printed demo key, /v1/models; SIGTERM to the process group (as
 systemd sends it) must end the command with status 0 and leave no Ray process. Each failing step
 exits 1 with `smoke: FAILED at <step>` and the command's output.
 """
@@ -127,6 +128,14 @@ def main(clone: Path) -> None:
         if not reply.choices[0].message.content or not reply.usage or reply.usage.completion_tokens < 1:
             raise Failed(f"empty answer: {reply}")
         print(f"smoke:   {reply.model}: {reply.choices[0].message.content!r}", flush=True)
+
+        current = step("a real answer from the real model (smollm2-135m)")
+        real = client.chat.completions.create(
+            model="smollm2-135m", messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=16, temperature=0)
+        if "Paris" not in (real.choices[0].message.content or ""):
+            raise Failed(f"smollm2-135m answered {real.choices[0].message.content!r}, without 'Paris'")
+        print(f"smoke:   smollm2-135m: {real.choices[0].message.content!r}", flush=True)
 
         current = step("streamed chat completion")
         chunks = list(client.chat.completions.create(
