@@ -181,6 +181,8 @@ async def _parse_stream(resp: Response, prompt_estimate: int = 0,
             yield piece
     # the final chunks (one per choice) carry the upstream's exact usage (include_usage) as the
     # pool's do, or the estimates when the upstream sent none
+    for index in finish:  # a choice that finished without content is still a choice
+        counts.setdefault(index, 0)
     exact = _split_total(completion_tokens, counts) if completion_tokens is not None else counts
     for index in sorted(counts):
         yield GenerationChunk("", finish.get(index) or "stop", prompt_tokens, exact[index], index=index,

@@ -155,3 +155,22 @@ def test_prompt_estimate_counts_about_four_bytes_a_token_plus_the_template():
     assert prompt_token_estimate(chat) == 3 + (10 + 3) + (20 + 3)
     assert prompt_token_estimate(GenerationRequest("r", prompt="z" * 9)) == 3  # rounded up
     assert prompt_token_estimate(chat) < prompt_token_bound(chat)  # the bound stays for admission
+
+
+def test_choices_keep_their_index_and_the_usage_total_is_split_over_them():
+    # two choices interleaved, the second finishing without content; usage is one total
+    chunks = _chunks(b'data: {"choices": [{"index": 0, "delta": {"content": "a"}}]}\n\n'
+                     b'data: {"choices": [{"index": 0, "delta": {"content": "b"}}]}\n\n'
+                     b'data: {"choices": [{"index": 2, "delta": {"tool_calls": [{"index": 0, "id": "c1", '
+                     b'"type": "function", "function": {"name": "f", "arguments": ""}}]}}]}\n\n'
+                     b'data: {"choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]}\n\n'
+                     b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}, '
+                     b'{"index": 2, "delta": {}, "finish_reason": "tool_calls"}]}\n\n'
+                     b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 9}}\n\n'
+                     b"data: [DONE]\n\n", estimate=3)
+    content = [c for c in chunks if c.finish_reason is None]
+    assert [(c.index, c.text) for c in content] == [(0, "ab"), (2, "")]  # a choice's text merges; a call does not
+    assert content[1].tool_calls[0]["id"] == "c1"
+    finals = [c for c in chunks if c.finish_reason is not None]
+    assert [(c.index, c.finish_reason) for c in finals] == [(0, "length"), (1, "stop"), (2, "tool_calls")]
+    assert sum(c.completion_tokens for c in finals) == 9 and {c.prompt_tokens for c in finals} == {5}
