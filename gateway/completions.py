@@ -145,6 +145,12 @@ async def read_body(request: Request, limit: int, timeout_s: float = 30.0) -> by
     return b"".join(chunks)
 
 
+def team_session(team_id: str, session_id: str | None) -> str | None:
+    """An x-session-id within its team's own space: one team cannot pin, probe or share another
+    team's session (its model affinity, its replica, its cached prefix)."""
+    return None if not session_id else f"{team_id}/{session_id}"
+
+
 class CompletionService:
     def __init__(self, backend: Backend, router: Router, authenticate: Callable[[str | None], Awaitable[Principal]],
                  metrics: GatewayMetrics, server: ServerConfig, admission: Admission | None = None):
@@ -163,7 +169,8 @@ class CompletionService:
         body = parse_json(await read_body(request, self.server.max_body_bytes, self.server.body_read_timeout_s))
         parsed = parse_request(ChatCompletionRequest if chat else CompletionRequest, body)
         gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
-                                session_id=request.headers.get("x-session-id"))
+                                session_id=team_session(principal.team_id, request.headers.get("x-session-id")))
+        gen_req.cache_salt = principal.team_id  # prefix KV is reused within a team only
         context = RouteContext(principal.team_id, gen_req.messages, gen_req.prompt, gen_req.session_id,
                                tools=bool(gen_req.tools) and gen_req.tool_choice != "none",
                                structured=gen_req.response_format is not None)

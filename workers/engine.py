@@ -152,9 +152,12 @@ class Engine:
         if self._prefix is not None:
             self._prefix.clear()
 
-    def cached_prefix_tokens(self, prompt_ids: list[int]) -> int:
-        """How many leading tokens of this prompt would be reused from the prefix cache."""
-        return 0 if self._prefix is None else min(self._prefix.match_length(prompt_ids), max(0, len(prompt_ids) - 1))
+    def cached_prefix_tokens(self, prompt_ids: list[int], salt: str | None = None) -> int:
+        """How many leading tokens of this prompt would be reused from the prefix cache (`salt`: the
+        request's `cache_salt`)."""
+        if self._prefix is None:
+            return 0
+        return min(self._prefix.match_length(prompt_ids, salt), max(0, len(prompt_ids) - 1))
 
     def encode(self, req: GenerationRequest) -> list[int]:
         """Prompt token ids: the chat template for messages, the raw text for a prompt."""
@@ -445,7 +448,7 @@ class Engine:
         seq.finished = True
         if self._prefix is not None and seq.row is not None:
             # filed before the last chunk goes out: whoever sees the end can rely on the reuse
-            self._prefix.insert(seq.kv_tokens(), self._batch.export(seq), seq.req.session_id)
+            self._prefix.insert(seq.kv_tokens(), self._batch.export(seq), seq.req.session_id, seq.req.cache_salt)
         self._release(seq)
         seq.emit(seq.output.chunk(delta, finish, len(seq.prompt_ids), seq.generated, seq.gpu_seconds))
         seq.emit(_DONE)
@@ -455,7 +458,7 @@ class Engine:
         prompt (at least one prompt token is always computed: its logits give the first token)."""
         hit, kv = 0, None
         if self._prefix is not None and seq.parent is None:  # later choices copy their first's KV instead
-            hit, kv = self._prefix.lookup(seq.prompt_ids, limit=len(seq.prompt_ids) - 1)
+            hit, kv = self._prefix.lookup(seq.prompt_ids, limit=len(seq.prompt_ids) - 1, salt=seq.req.cache_salt)
         self._batch.admit(seq, kv, hit)
         seq.cached_tokens = hit
         self.prefix_hit_tokens += hit

@@ -11,6 +11,10 @@ from there the match is extended token by token inside that entry (matches need 
 block boundary; retokenized answers often diverge mid-block). Tokens are compared for real, so a
 hash collision can cost a miss, never a wrong reuse.
 
+Every entry carries a salt (the gateway gives each team's requests the team's id, as vLLM's
+`cache_salt`): the chain starts from the salt and a match needs the same salt, so one team's
+prompts never reuse, or time the presence of, another team's KV.
+
 Thread-safe: the scheduler thread inserts and looks up; the pool asks `has_session` from others.
 """
 
@@ -28,6 +32,7 @@ class _Entry:
     tokens: list[int]
     kv: torch.Tensor  # [layers, 2, heads, len(tokens), head_dim]
     hashes: list[int]
+    salt: str | None = None
     sessions: set[str] = field(default_factory=set)
 
     @property
@@ -51,21 +56,23 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, tokens: list[int], limit: int | None = None) -> tuple[int, torch.Tensor | None]:
-        """Longest cached prefix of `tokens` (at most `limit` tokens): (length, its KV) or (0, None).
-        The KV tensor may be longer than the match; use its first `length` positions. Counts as a use."""
+    def lookup(self, tokens: list[int], limit: int | None = None,
+               salt: str | None = None) -> tuple[int, torch.Tensor | None]:
+        """Longest cached prefix of `tokens` (at most `limit` tokens) filed under the same `salt`:
+        (length, its KV) or (0, None). The KV tensor may be longer than the match; use its first
+        `length` positions. Counts as a use."""
         with self._lock:
-            found = self._find(tokens, len(tokens) if limit is None else limit)
+            found = self._find(tokens, len(tokens) if limit is None else limit, salt)
             if found is None:
                 return 0, None
             entry_id, length = found
             self._entries.move_to_end(entry_id)
             return length, self._entries[entry_id].kv
 
-    def match_length(self, tokens: list[int]) -> int:
-        """How many leading tokens of `tokens` are cached (no side effects; for routing)."""
+    def match_length(self, tokens: list[int], salt: str | None = None) -> int:
+        """How many leading tokens of `tokens` are cached under `salt` (no side effects; for routing)."""
         with self._lock:
-            found = self._find(tokens, len(tokens))
+            found = self._find(tokens, len(tokens), salt)
             return 0 if found is None else found[1]
 
     def has_session(self, session_id: str) -> bool:
@@ -73,12 +80,13 @@ class PrefixCache:
         with self._lock:
             return session_id in self._by_session
 
-    def insert(self, tokens: list[int], kv: torch.Tensor, session_id: str | None = None) -> None:
-        """File a finished sequence's KV. Entries it extends (their tokens are a prefix of these)
-        are dropped: the new one serves every prompt they could."""
+    def insert(self, tokens: list[int], kv: torch.Tensor, session_id: str | None = None,
+               salt: str | None = None) -> None:
+        """File a finished sequence's KV under `salt`. Entries it extends (same salt, their tokens
+        a prefix of these) are dropped: the new one serves every prompt they could."""
         if len(tokens) < self.block or self.max_bytes <= 0:
             return
-        entry = _Entry(list(tokens), kv, self._hashes(tokens))
+        entry = _Entry(list(tokens), kv, self._hashes(tokens, salt), salt)
         if entry.nbytes > self.max_bytes:
             return
         with self._lock:
@@ -105,15 +113,15 @@ class PrefixCache:
 
     # ---- internals (lock held) ---------------------------------------------------------------
 
-    def _hashes(self, tokens: list[int]) -> list[int]:
-        out, h = [], 0
+    def _hashes(self, tokens: list[int], salt: str | None) -> list[int]:
+        out, h = [], hash(salt)
         for start in range(0, len(tokens) - self.block + 1, self.block):
             h = hash((h, tuple(tokens[start : start + self.block])))
             out.append(h)
         return out
 
-    def _find(self, tokens: list[int], limit: int) -> tuple[int, int] | None:
-        hashes = self._hashes(tokens[:limit])
+    def _find(self, tokens: list[int], limit: int, salt: str | None) -> tuple[int, int] | None:
+        hashes = self._hashes(tokens[:limit], salt)
         for depth in range(len(hashes), 0, -1):
             holders = self._by_hash.get(hashes[depth - 1])
             if not holders:
@@ -121,7 +129,7 @@ class PrefixCache:
             boundary = depth * self.block
             for entry_id in reversed(holders):  # most recently inserted first
                 entry = self._entries[entry_id]
-                if entry.tokens[:boundary] != tokens[:boundary]:
+                if entry.salt != salt or entry.tokens[:boundary] != tokens[:boundary]:
                     continue  # hash collision
                 return entry_id, _common_prefix(entry.tokens, tokens, boundary, limit)
         return None
@@ -131,7 +139,7 @@ class PrefixCache:
             return []
         holders = self._by_hash.get(new.hashes[0], {})
         return [i for i in holders
-                if len(self._entries[i].tokens) <= len(new.tokens)
+                if self._entries[i].salt == new.salt and len(self._entries[i].tokens) <= len(new.tokens)
                 and new.tokens[: len(self._entries[i].tokens)] == self._entries[i].tokens]
 
     def _drop(self, entry_id: int) -> None:

@@ -22,6 +22,9 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     session_id: str | None = None
+    # prefix KV is reused only between requests with the same salt: the gateway sets the team's id,
+    # so teams never share (or can time the presence of) each other's cached prompts
+    cache_salt: str | None = None
     # speculative decoding, set by the route: a pool model sharing this model's tokenizer drafts
     # `draft_tokens` tokens per step (greedy requests only; the answer is the same without it)
     draft_model: str | None = None

@@ -75,3 +75,15 @@ def test_disabled_or_oversized_entries_are_not_kept():
 def _filled(cache: PrefixCache) -> PrefixCache:
     cache.insert(list(range(8)), kv(8))
     return cache
+
+
+def test_a_salt_keeps_entries_apart_even_for_the_same_tokens():
+    cache = PrefixCache(max_bytes=1 << 20, block=4)
+    a = list(range(100, 112))
+    cache.insert(a, kv(12), salt="team-a")
+    assert cache.lookup(a + [1], salt="team-a")[0] == 12
+    assert cache.lookup(a + [1], salt="team-b")[0] == 0
+    assert cache.lookup(a + [1])[0] == 0  # unsalted requests do not see salted entries either
+    assert cache.match_length(a, salt="team-b") == 0 and cache.match_length(a, salt="team-a") == 12
+    cache.insert(a + [5, 6, 7, 8], kv(16), salt="team-b")  # extends the tokens, not team-a's entry
+    assert len(cache) == 2 and cache.lookup(a, salt="team-a")[0] == 12
