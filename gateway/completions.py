@@ -25,7 +25,7 @@ from gateway.errors import (
     describe,
 )
 from gateway.metrics import GatewayMetrics
-from gateway.openai_api import ChatCompletionRequest, CompletionRequest, parse_json, parse_request, to_generation
+from gateway.openai_api import ChatCompletionRequest, CompletionRequest, parse_body, to_generation
 from gateway.openai_responses import ResponseBuilder, sse
 from policies.decision import RouteContext, RoutingDecision
 from policies.router import Router
@@ -166,14 +166,14 @@ class CompletionService:
     async def handle(self, request: Request, chat: bool) -> Response:
         request_id = request.state.request_id
         principal = await self.authenticate(request.headers.get("authorization"))
-        body = parse_json(await read_body(request, self.server.max_body_bytes, self.server.body_read_timeout_s))
-        parsed = parse_request(ChatCompletionRequest if chat else CompletionRequest, body)
+        raw = await read_body(request, self.server.max_body_bytes, self.server.body_read_timeout_s)
+        parsed = await parse_body(raw, ChatCompletionRequest if chat else CompletionRequest)
         gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
                                 session_id=team_session(principal.team_id, request.headers.get("x-session-id")))
         gen_req.cache_salt = principal.team_id  # prefix KV is reused within a team only
         context = RouteContext(principal.team_id, gen_req.messages, gen_req.prompt, gen_req.session_id,
                                tools=bool(gen_req.tools) and gen_req.tool_choice != "none",
-                               structured=gen_req.response_format is not None)
+                               structured=gen_req.response_format is not None, allowed=principal.allowed_models)
         decision = await self.router.decide(parsed.model, context)
         if decision is None:
             raise ModelNotAvailable(f"The model '{parsed.model}' does not exist or you do not have access to it.",

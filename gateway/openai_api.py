@@ -7,13 +7,23 @@ the field (as OpenAI does), never silently ignored.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 
 from gateway.errors import BadRequest
-from gateway.openai_tools import MAX_TOOLS, ResponseFormat, Strict, Tool, ToolCall, ToolChoice, check_tool_fields
+from gateway.openai_tools import (
+    MAX_TOOLS,
+    ResponseFormat,
+    Strict,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    bound_tools,
+    check_tool_fields,
+)
 from workers.types import GenerationRequest
 
 MAX_CHOICES = 8  # `n`: choices decode together in one batch; more is a fan-out, not a request
@@ -117,6 +127,11 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token, with `logprobs`.")
     tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools_size(cls, v):
+        return bound_tools(v)
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
@@ -178,6 +193,19 @@ def parse_json(raw: bytes) -> dict:
         except UnicodeEncodeError:
             raise BadRequest("The request contains an unpaired UTF-16 surrogate escape.", code="invalid_json") from None
     return body
+
+
+# Bodies larger than this are parsed off the event loop: the metaschema check of a tool list's
+# schemas costs ~2 ms per KiB the first time (jsonschema's 2020-12 metaschema), and a request
+# carrying hundreds of KiB of new schemas must not stall every other request on this gateway.
+OFF_LOOP_PARSE_BYTES = 16 * 1024
+
+
+async def parse_body(raw: bytes, model_cls: type[Strict]) -> Strict:
+    """`raw` parsed strictly as `model_cls`: in this thread when small, else in a worker thread."""
+    if len(raw) <= OFF_LOOP_PARSE_BYTES:
+        return parse_request(model_cls, parse_json(raw))
+    return await asyncio.to_thread(lambda: parse_request(model_cls, parse_json(raw)))
 
 
 def parse_request(model_cls: type[Strict], body: dict) -> Strict:

@@ -10,6 +10,7 @@ reaches an engine that would compile it into a grammar.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from typing import Literal
 
@@ -24,6 +25,7 @@ from gateway.errors import BadRequest
 MAX_TOOLS = 128
 MAX_SCHEMA_BYTES = 64 * 1024  # one schema, as compact JSON
 MAX_SCHEMA_DEPTH = 32  # nested objects/arrays inside one schema
+MAX_TOOLS_BYTES = 256 * 1024  # all of a request's tool definitions together
 MAX_TOOL_CALLS_PER_MESSAGE = 128
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
@@ -31,6 +33,7 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=
 # agents send the same tools on every step: a schema that passed once is not checked again
 _checked: OrderedDict[str, None] = OrderedDict()
 _CHECKED_MAX = 512
+_checked_lock = threading.Lock()  # large bodies are parsed in worker threads
 
 
 class Strict(BaseModel):
@@ -85,9 +88,10 @@ def check_json_schema(schema: dict) -> dict:
     text = _encode(schema)
     if len(text.encode("utf-8")) > MAX_SCHEMA_BYTES:
         raise ValueError(f"the schema is larger than {MAX_SCHEMA_BYTES} bytes")
-    if text in _checked:
-        _checked.move_to_end(text)
-        return schema
+    with _checked_lock:
+        if text in _checked:
+            _checked.move_to_end(text)
+            return schema
     try:
         validator_for(schema, default=Draft202012Validator).check_schema(schema)
     except SchemaError as exc:
@@ -97,10 +101,21 @@ def check_json_schema(schema: dict) -> dict:
         if not _resolves(schema, ref):
             raise ValueError(f"$ref {ref[:80]!r} does not point inside the schema (only local references "
                              "'#/...' are supported)")
-    _checked[text] = None
-    while len(_checked) > _CHECKED_MAX:
-        _checked.popitem(last=False)
+    with _checked_lock:
+        _checked[text] = None
+        while len(_checked) > _CHECKED_MAX:
+            _checked.popitem(last=False)
     return schema
+
+
+def bound_tools(value):
+    """The raw `tools` value, refused before any of it is validated when the definitions
+    together are larger than MAX_TOOLS_BYTES (each schema's own bound comes later)."""
+    if isinstance(value, list) and len(value) <= MAX_TOOLS:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+        if size > MAX_TOOLS_BYTES:
+            raise ValueError(f"the tool definitions together are larger than {MAX_TOOLS_BYTES} bytes")
+    return value
 
 
 class FunctionDef(Strict):

@@ -65,6 +65,10 @@ BAD = [
     ("schema too large", dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 100}
                                          for i in range(700)}}}}]), "tools.0.function.parameters"),
+    ("tool definitions too large together", dict(tools=[{"type": "function", "function": {
+        "name": f"t{t}", "parameters": {"type": "object", "properties": {
+            f"p{i}": {"type": "string", "description": "x" * 100} for i in range(300)}}}} for t in range(8)]),
+     "tools"),
     ("unknown tool in tool_choice", dict(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "nope"}}),
      "tool_choice"),
     ("unknown tool_choice mode", dict(tools=[TOOL], tool_choice="always"), "tool_choice"),
@@ -132,8 +136,16 @@ def test_the_official_client_raises_bad_request_for_bad_tools(counted):
 
 
 def test_a_valid_agent_request_does_reach_the_backend(counted):
-    # the counter above counts: the same request without its fault is dispatched
-    before = counted.backend.calls
-    httpx.post(counted.base_url + "/v1/chat/completions", timeout=60, headers={"authorization": f"Bearer {KEY_ALPHA}"},
-               json={"model": "mux-2m", "messages": ASK, "max_tokens": 2, "tools": [TOOL]})
-    assert counted.backend.calls == before + 1
+    # the counter above counts: the same request without its fault is dispatched, a small body
+    # parsed on the event loop and a large one (many tools) in a worker thread alike
+    from gateway.openai_api import OFF_LOOP_PARSE_BYTES
+
+    many = [{"type": "function", "function": {"name": f"t{i}", "description": "d" * 200,
+                                              "parameters": TOOL["function"]["parameters"]}} for i in range(100)]
+    assert len(json.dumps(many)) > OFF_LOOP_PARSE_BYTES
+    for tools in ([TOOL], many):
+        before = counted.backend.calls
+        httpx.post(counted.base_url + "/v1/chat/completions", timeout=60,
+                   headers={"authorization": f"Bearer {KEY_ALPHA}"},
+                   json={"model": "mux-2m", "messages": ASK, "max_tokens": 2, "tools": tools})
+        assert counted.backend.calls == before + 1
