@@ -41,3 +41,4 @@ class RouteContext:
     session_id: str | None = None
     tools: bool = False
     structured: bool = False
+    allowed: frozenset[str] | None = None  # the models the caller's key may use; None: any

@@ -5,7 +5,9 @@ A decision reads, in order: the route for the team; session affinity (an agent's
 on the model its session started on); the route's tier for requests with tools or a response
 format, when it names one; the classifier's P(large needed) against the route's
 calibrated threshold; then two downgrades to the small tier: the team is near its budget, or
-the large tier is saturated (queue depth from the pool). Every step names itself in `reason`.
+the large tier is saturated (queue depth from the pool), which apply to every choice, a
+session's pin and a request kind's tier included. Only models the caller's key may use are
+chosen (`RouteContext.allowed`), fallbacks included. Every step names itself in `reason`.
 """
 
 from __future__ import annotations
@@ -90,32 +92,56 @@ class PolicyRouter:
             return RoutingDecision(requested, "explicit") if requested in self.served else None
         name, route = self.route_for(context.team)
         if route.strategy == "fixed":
-            return RoutingDecision(route.model, f"route:{name}:fixed", None, self._fallbacks(route, route.model))
-        if route.session_affinity and context.session_id:
-            pinned = self._session_model(context.session_id)
-            if pinned is not None:
-                return RoutingDecision(pinned, f"route:{name}:session_affinity", None, self._fallbacks(route, pinned))
+            model = self._allowed(context, [route.model, *route.fallbacks])
+            return None if model is None else RoutingDecision(model, f"route:{name}:fixed", None,
+                                                             self._fallbacks(route, model, context))
+        score = None
+        pinned = self._session_model(context.session_id) if route.session_affinity and context.session_id else None
         signal = self._request_kind_tier(route, context)
-        if signal is not None:
+        if pinned is not None and (context.allowed is None or pinned in context.allowed):
+            model, why = pinned, "session_affinity"
+        elif signal is not None:
             tier, why = signal
-            model = self.policy.tiers[tier][0]
-            if route.session_affinity and context.session_id:
-                self._remember(context.session_id, model)
-            return RoutingDecision(model, f"route:{name}:{why}", None, self._fallbacks(route, model))
-        score = self.classifier.score(messages=context.messages, prompt=context.prompt)
-        tier, why = (route.large, "classifier_large") if score >= self.thresholds[name] else (route.small, "classifier_small")
-        if tier == route.large and route.budget_downgrade_at is not None and context.team:
-            used = await self.signals.budget_used_fraction(context.team)
-            if used is not None and used >= route.budget_downgrade_at:
-                tier, why = route.small, "budget_downgrade"
-        model = self.policy.tiers[tier][0]
-        if tier == route.large and route.capacity.on_saturated == "fallback":
-            if self.signals.queue_depth(model) > route.capacity.max_queue_depth:
-                tier, why = route.small, "capacity_downgrade"
-                model = self.policy.tiers[tier][0]
+            model = self._in_tier(tier, context)
+        else:
+            score = self.classifier.score(messages=context.messages, prompt=context.prompt)
+            tier, why = (route.large, "classifier_large") if score >= self.thresholds[name] else (route.small, "classifier_small")
+            model = self._in_tier(tier, context)
+        model, why = await self._downgraded(route, model, why, context)
+        if model is None:  # nothing in the route's tiers that this key may use: its fallbacks, if any
+            model = self._allowed(context, self._fallbacks(route, "", context))
+            if model is None:
+                return None
         if route.session_affinity and context.session_id:
             self._remember(context.session_id, model)
-        return RoutingDecision(model, f"route:{name}:{why}", score, self._fallbacks(route, model))
+        return RoutingDecision(model, f"route:{name}:{why}", score, self._fallbacks(route, model, context))
+
+    async def _downgraded(self, route: RoutePolicy, model: str | None, why: str,
+                          context: RouteContext) -> tuple[str | None, str]:
+        """The checks every choice passes, however it was made (classifier, the request's kind, a
+        session's pin): a large-tier model goes to the small tier when the team is near its
+        budget, or when the large model's queue is saturated."""
+        large = self.policy.tiers.get(route.large, ())
+        if model is None or model not in large or route.small not in self.policy.tiers:
+            return model, why
+        small = self._in_tier(route.small, context)
+        if small is None:
+            return model, why
+        if route.budget_downgrade_at is not None and context.team:
+            used = await self.signals.budget_used_fraction(context.team)
+            if used is not None and used >= route.budget_downgrade_at:
+                return small, "budget_downgrade"
+        if route.capacity.on_saturated == "fallback" and self.signals.queue_depth(model) > route.capacity.max_queue_depth:
+            return small, "capacity_downgrade"
+        return model, why
+
+    def _in_tier(self, tier: str, context: RouteContext) -> str | None:
+        """The tier's first model this key may use."""
+        return self._allowed(context, self.policy.tiers.get(tier, ()))
+
+    @staticmethod
+    def _allowed(context: RouteContext, models) -> str | None:
+        return next((m for m in models if context.allowed is None or m in context.allowed), None)
 
     @staticmethod
     def _request_kind_tier(route: RoutePolicy, context: RouteContext) -> tuple[str, str] | None:
@@ -126,12 +152,12 @@ class PolicyRouter:
             return route.structured_tier, "structured_tier"
         return None
 
-    def _fallbacks(self, route: RoutePolicy, chosen: str) -> tuple[str, ...]:
+    def _fallbacks(self, route: RoutePolicy, chosen: str, context: RouteContext) -> tuple[str, ...]:
         ordered: list[str] = []
         tiers = [t for t in (route.large, route.small) if t in self.policy.tiers]
         candidates = [m for t in tiers for m in self.policy.tiers[t]] + list(route.fallbacks)
         for m in candidates:
-            if m != chosen and m not in ordered and m in self.served:
+            if m != chosen and m not in ordered and m in self.served and self._allowed(context, [m]):
                 ordered.append(m)
         return tuple(ordered)
 

@@ -80,3 +80,17 @@ def test_requests_offering_tools_get_the_routes_tools_tier(tmp_path, zoo_dir, st
     # tools the model may not call (tool_choice none) are no agent step: the classifier decides
     assert ask_with(tools=[tool], tool_choice="none").headers["x-muxgate-route-reason"] == \
         "route:default:classifier_small"
+
+
+def test_auto_routes_within_the_models_the_team_may_use(tmp_path, zoo_dir, start_server):
+    """It used to pick the large model and then refuse it (403) for a model the client never asked for."""
+    policy = {"version": 1, "tiers": {"small": ["mux-2m"], "large": ["mux-5m"]},
+              "routes": {"default": {"threshold": 0.0}}}  # everything would go large
+    path = tmp_path / "routing.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    config = make_config(zoo_dir, teams=[{"id": "alpha", "name": "Alpha", "allowed_models": ["mux-2m"]}])
+    config["routing"] = {"default_model": "mux-2m", "policy_file": str(path)}
+    server = start_server(config)
+    resp = ask(server, "Prove it step by step.")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-muxgate-model"] == "mux-2m"

@@ -155,3 +155,32 @@ def test_shipped_policy_is_valid_for_the_default_config():
 
     config = load_config(REPO / "configs" / "default.yaml")
     load_policy(REPO / "configs" / "routing.yaml", {m.name for m in config.models})
+
+
+def test_auto_chooses_only_models_the_key_may_use():
+    """A key limited to the small tier used to be routed to the large model, then refused 403
+    for a model it never asked for."""
+    small_only = RouteContext("t", None, "x" * 80, None, allowed=frozenset({"s2"}))
+    d = asyncio.run(router().decide("auto", small_only))
+    assert d.model == "s2" and d.fallbacks == ()
+    second_large = asyncio.run(router().decide("auto", RouteContext("t", None, "x" * 80, allowed=frozenset({"l2", "s1"}))))
+    assert (second_large.model, second_large.fallbacks) == ("l2", ("s1",))
+    only_fallback = asyncio.run(router().decide("auto", RouteContext("t", None, "hi", allowed=frozenset({"fb"}))))
+    assert only_fallback.model == "fb"
+    assert asyncio.run(router().decide("auto", RouteContext("t", None, "hi", allowed=frozenset({"other"})))) is None
+    fixed = asyncio.run(router().decide("auto", RouteContext("thrifty", None, "hi", allowed=frozenset({"s1"}))))
+    assert fixed is None  # the cheap route's model and fallbacks are all off this key
+
+
+def test_a_sessions_pin_and_a_request_kinds_tier_pass_the_downgrades_too():
+    """Session affinity used to skip the budget and capacity checks."""
+    signals = Signals()
+    r = router(signals)
+    assert decide(r, "x" * 80, session="agent-1").model == "l1"
+    signals.budget = 0.99
+    pinned = decide(r, "short follow-up", session="agent-1")
+    assert (pinned.model, pinned.reason) == ("s1", "route:default:budget_downgrade")
+    signals.budget, signals.depth = None, 50
+    agents = {**POLICY, "routes": {**POLICY["routes"], "default": {"threshold": 0.5, "tools_tier": "large"}}}
+    tools = asyncio.run(router(signals, agents).decide("auto", RouteContext("t", None, "hi", None, tools=True)))
+    assert (tools.model, tools.reason) == ("s1", "route:default:capacity_downgrade")
