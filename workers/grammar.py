@@ -53,6 +53,11 @@ class GrammarSpec:
     kind: str
     key: str
 
+    @property
+    def param(self) -> str:
+        """The request field an error about this grammar names."""
+        return "tools" if self.kind == "tool_call" else "response_format"
+
     def ebnf(self) -> str:
         spec = json.loads(self.key)
         if self.kind == "tool_call":
@@ -142,11 +147,12 @@ class TokenizerGrammars:
         if found is not None:
             return found
         self.info  # noqa: B018  (builds the compiler)
-        ebnf = spec.ebnf()
         try:
-            compiled = self._compiler.compile_grammar(xgr.Grammar.from_ebnf(ebnf))
+            compiled = self._compiler.compile_grammar(xgr.Grammar.from_ebnf(spec.ebnf()))
+        except InvalidGrammar as exc:
+            raise InvalidGrammar(exc.message, param=spec.param) from exc
         except Exception as exc:
-            raise InvalidGrammar(f"the {spec.kind} constraint cannot be compiled: {exc}") from exc
+            raise InvalidGrammar(f"the {spec.kind} constraint cannot be compiled: {exc}", param=spec.param) from exc
         with self._lock:
             self._compiled[(spec.kind, spec.key)] = compiled
             while len(self._compiled) > self._max_entries:

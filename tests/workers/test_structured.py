@@ -142,4 +142,4 @@ def test_a_schema_the_compiler_cannot_handle_is_a_400(engine):
     bad = schema_format({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}, "required": ["a"]})
     with pytest.raises(InvalidGrammar) as info:
         answers(engine, [GenerationRequest("b", prompt="x", max_tokens=8, response_format=bad)])
-    assert info.value.status == 400
+    assert info.value.status == 400 and info.value.details["param"] == "response_format"
