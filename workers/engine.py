@@ -201,6 +201,8 @@ class Engine:
         compiled = None
         if spec is not None:  # a miss compiles off the event loop (milliseconds to seconds)
             compiled = self.grammars.cached(spec) or await asyncio.to_thread(self.grammars.compile, spec)
+        if req.logprobs and self._vocab is None:  # the token table, once (a large vocabulary takes a while)
+            self._vocab = TokenVocab(self.tokenizer, await asyncio.to_thread(self.grammars.token_bytes))
         if max_new == 0:
             for index in range(n):
                 yield GenerationChunk("", "length", len(prompt_ids), 0, index=index)
@@ -245,8 +247,6 @@ class Engine:
         processors, text stream and output shaping."""
         gen = make_generator(None if req.seed is None else req.seed + index)
         grammar = None if compiled is None else GrammarMask(compiled, self.grammars.vocab_size, spec.kind)
-        if req.logprobs and self._vocab is None:
-            self._vocab = TokenVocab(self.tokenizer, self.grammars.token_bytes())
         logits = row_logits(req, gen, self.grammars.vocab_size, self._vocab, grammar)
         tools = ToolCallStream() if spec is not None and spec.kind == "tool_call" else None
         output = ChoiceOutput(index, tools, spec.kind if spec is not None else None, logits)

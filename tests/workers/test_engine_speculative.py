@@ -115,3 +115,21 @@ def test_the_next_turn_reuses_the_kv_a_speculative_answer_left(pair):
     again = asyncio.run(collect(target, draft, prompt=follow_up, max_tokens=16, temperature=0))
     assert target.prefix_hit_tokens > hits
     assert text(again) == target.tokenizer.decode(reference(target, follow_up, 16), skip_special_tokens=True)
+
+
+def test_constrained_and_processed_rows_do_not_speculate(pair):
+    """The verify step keeps the raw argmax; a grammar's mask or a bias must decide instead."""
+    import json
+
+    target, draft, _ = pair
+    schema = {"type": "object", "properties": {"v": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["v"]}
+    steps = target.speculative_steps
+    constrained = asyncio.run(collect(target, draft, prompt=PROMPTS[0], max_tokens=32, temperature=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "v", "schema": schema}}))
+    assert json.loads(text(constrained))["v"] in range(10) and constrained[-1].finish_reason == "stop"
+    forced, = target.tokenizer.encode(" the", add_special_tokens=False)
+    biased = asyncio.run(collect(target, draft, prompt=PROMPTS[0], max_tokens=6, temperature=0, logit_bias={forced: 100}))
+    assert text(biased) == " the" * 6
+    assert target.speculative_steps == steps
+    asyncio.run(collect(target, draft, prompt=PROMPTS[0], max_tokens=6, temperature=0))
+    assert target.speculative_steps > steps  # the same request without them does speculate
