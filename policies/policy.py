@@ -66,7 +66,7 @@ class RoutePolicy(Strict):
     tools_tier: str | None = Field(
         None, description="Tier for `auto` requests that offer the model tools (an agent's step: `tools` with a "
         "`tool_choice` other than `none`), whatever the classifier says: calling tools well takes a capable model, "
-        "and a prompt full of tool schemas tells the classifier little. Not downgraded for budget or capacity. "
+        "and a prompt full of tool schemas tells the classifier little. The budget and capacity downgrades still apply. "
         "Unset: such requests are routed like any other.")
     structured_tier: str | None = Field(
         None, description="Tier for `auto` requests with a `response_format` (json_object or json_schema), "
