@@ -206,6 +206,10 @@ async def openapi(gw: Gateway, request: Request) -> Response:
 
 
 async def metrics(gw: Gateway, request: Request) -> Response:
+    """Prometheus metrics. They carry every team's spend and budget position, so they need the
+    admin key unless `server.public_metrics` says the port is not reachable by tenants."""
+    if not gw.config.server.public_metrics:
+        await gw.callers.require_admin(request.headers.get("authorization"))
     return Response(gw.metrics.render(), media_type=gw.metrics.content_type)
 
 

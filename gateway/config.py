@@ -53,6 +53,10 @@ class ServerConfig(Strict):
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="On SIGTERM/Ctrl-C, how long requests still in flight (streams included) may run "
         "before the gateway closes them and stops.")
+    public_metrics: bool = Field(
+        False, description="Serve /metrics without a key. Off: it needs the admin key (Prometheus sends it as a "
+        "bearer token), since its series carry every team's spend and budget. On only where tenants cannot reach "
+        "the gateway's port.")
     report_cookie_secure: bool = Field(
         True, description="Mark the /reports session cookie `Secure` (sent over HTTPS only; browsers also send it "
         "to http://localhost). false only for plain HTTP on another host, e.g. a private test network.")

@@ -50,7 +50,7 @@ class Admin:
         return Decimal(str(report["totals"]["cost_usd"]))
 
     async def metric(self, name: str) -> float:
-        resp = await self.http.get("/metrics")
+        resp = await self.http.get("/metrics")  # with the admin key: it carries every team's spend
         for line in resp.text.splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])

@@ -544,6 +544,10 @@ def test_prometheus_scrapes_the_gateways_metrics_path():
 
     static = jobs["muxgate-gateway-static"]
     assert static["metrics_path"] == "/metrics"
+    for job in (k8s, static):  # /metrics needs the admin key (server.public_metrics is off)
+        assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]
+    data, _ = configmap_config()
+    assert not data["server"].get("public_metrics", False)
     for target in static["static_configs"][0]["targets"]:
         assert target.endswith(f":{port}")
 

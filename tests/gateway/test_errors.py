@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from support import KEY_ALPHA, make_config
+from support import ADMIN_KEY, KEY_ALPHA, make_config
 
 AUTH = {"Authorization": f"Bearer {KEY_ALPHA}"}
 CHAT = "/v1/chat/completions"
@@ -227,6 +227,6 @@ def test_client_disconnect_while_waiting_for_a_non_streamed_answer_is_clean(gate
     while (pool.stats()["in_flight"].get("mux-5m") or engine.in_flight) and time.time() < deadline:
         time.sleep(0.05)
     assert engine.in_flight == 0
-    metrics = _httpx.get(gateway.base_url + "/metrics").text
+    metrics = _httpx.get(gateway.base_url + "/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
     assert 'status="client_disconnect"' in metrics
     assert 'code="internal_error"' not in metrics

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from support import KEY_ALPHA, TEST_MODELS
+from support import ADMIN_KEY, KEY_ALPHA, TEST_MODELS
 
 
 def test_chat_auto_returns_text_and_usage(openai_client):
@@ -80,7 +80,10 @@ def test_models_list_shows_the_zoo_and_auto(openai_client):
 def test_health_and_metrics(gateway, openai_client):
     openai_client.chat.completions.create(model="mux-2m", messages=[{"role": "user", "content": "x"}], max_tokens=2)
     assert httpx.get(gateway.base_url + "/healthz").json()["status"] == "ok"
-    text = httpx.get(gateway.base_url + "/metrics").text
+    assert httpx.get(gateway.base_url + "/metrics").status_code == 401  # every team's spend is in there
+    team = httpx.get(gateway.base_url + "/metrics", headers={"authorization": f"Bearer {KEY_ALPHA}"})
+    assert team.status_code == 403
+    text = httpx.get(gateway.base_url + "/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
     assert 'muxgate_requests_total{endpoint="chat",model="mux-2m",route="explicit",status="ok"}' in text
     assert "muxgate_ttft_seconds_bucket" in text
     assert 'muxgate_tokens_total{kind="completion",model="mux-2m"}' in text
@@ -101,3 +104,10 @@ def test_second_team_key_works(gateway):
     client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=KEY_BETA, max_retries=0)
     assert client.completions.create(model="mux-2m", prompt="x", max_tokens=1).usage.completion_tokens == 1
     assert KEY_ALPHA != KEY_BETA
+
+
+def test_public_metrics_serves_them_without_a_key_where_the_operator_says_so(zoo_dir, start_server):
+    from support import make_config
+
+    server = start_server(make_config(zoo_dir, server={"public_metrics": True}))
+    assert httpx.get(server.base_url + "/metrics").status_code == 200

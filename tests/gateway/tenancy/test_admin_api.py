@@ -162,7 +162,7 @@ def test_models_outside_the_allow_list_are_refused_and_hidden(tenant_gateway, ad
 def test_pool_stats_and_tenancy_metrics(tenant_gateway, admin):
     replicas = admin.call("GET", "/v1/pool")
     assert isinstance(replicas, list) and replicas and "resident" in replicas[0]
-    text = httpx.get(tenant_gateway.base_url + "/metrics").text
+    text = admin.http.get("/metrics").text
     for name in ("muxgate_admission_denials_total", "muxgate_settlements_total", "muxgate_ledger_buffered_total",
                  "muxgate_ledger_dropped_total", "muxgate_ledger_pending", "muxgate_cost_usd_total"):
         assert name in text

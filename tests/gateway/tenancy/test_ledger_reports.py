@@ -197,7 +197,7 @@ def test_report_totals_equal_the_ledger_after_a_mixed_run(mixed_gateway, capsys)
     cli = json.loads(capsys.readouterr().out)
     assert cli["totals"] == totals and cli["data"] == report["data"]
 
-    metrics = httpx.get(mixed_gateway.base_url + "/metrics").text
+    metrics = httpx.get(mixed_gateway.base_url + "/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"}).text
     buffered = _metric(metrics, "muxgate_ledger_buffered_total")
     assert buffered >= 1 and _metric(metrics, "muxgate_ledger_replayed_total") == buffered
     assert _metric(metrics, "muxgate_ledger_dropped_total") == 0
