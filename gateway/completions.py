@@ -22,6 +22,7 @@ from gateway.errors import (
     ModelNotAvailable,
     PayloadTooLarge,
     RequestTimeout,
+    UpstreamRateLimited,
     describe,
 )
 from gateway.metrics import GatewayMetrics
@@ -115,8 +116,9 @@ class OpenAdmission:
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Failures of the backend or model (not of the request) are worth trying elsewhere."""
-    if isinstance(exc, (BackendFailed, BackendUnavailable)):
+    """Failures of the backend or model (not of the request) are worth trying elsewhere; an
+    upstream's own rate limit is one of them."""
+    if isinstance(exc, (BackendFailed, BackendUnavailable, UpstreamRateLimited)):
         return True
     return isinstance(exc, PoolError) and exc.status >= 500
 

@@ -74,6 +74,10 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
 
 
+class UpstreamRateLimited(RateLimited):
+    """A remote upstream answered 429: its limit, not the caller's, so worth a fallback."""
+
+
 class BackendFailed(GatewayError):
     status = 502
     type = "server_error"

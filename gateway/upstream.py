@@ -9,10 +9,12 @@ come back into the chunks unchanged: the upstream enforces what it was asked to.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 from typing import AsyncIterator
 
-from gateway.errors import BackendFailed, BackendUnavailable, BadRequest, RateLimited
+from gateway.errors import BackendFailed, BackendUnavailable, BadRequest, UpstreamRateLimited
 from gateway.estimate import prompt_token_estimate
 from gateway.http_client import ConnectionFailed, HTTPClient, Response, clean_headers
 from workers.types import GenerationChunk, GenerationRequest, ModelInfo
@@ -256,14 +258,31 @@ def _count(reported, otherwise: int) -> int:
     return reported if isinstance(reported, int) and reported >= 0 else otherwise
 
 
+def retry_after_seconds(value: str | None, now: float | None = None) -> float:
+    """An upstream's Retry-After, which RFC 9110 lets be seconds or an HTTP date; 1 s when it is
+    missing or unreadable (it used to fail the whole answer with 502 on a date)."""
+    if not value:
+        return 1.0
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 1.0
+    return max(0.0, when - (time.time() if now is None else now))
+
+
 def _upstream_error(name: str, status: int, headers, body: bytes) -> Exception:
     try:
         message = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = body[:200].decode("utf-8", "replace")
     if status == 429:
-        return RateLimited(f"upstream for '{name}' is rate limiting: {message}",
-                           retry_after=float(headers.get("retry-after", 1)))
+        return UpstreamRateLimited(f"upstream for '{name}' is rate limiting: {message}",
+                                   retry_after=retry_after_seconds(headers.get("retry-after")))
     if status in (400, 404, 413, 422):
         return BadRequest(f"upstream for '{name}' refused the request: {message}")
     if status in (502, 503, 504):

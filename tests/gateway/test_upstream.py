@@ -174,3 +174,55 @@ def test_choices_keep_their_index_and_the_usage_total_is_split_over_them():
     finals = [c for c in chunks if c.finish_reason is not None]
     assert [(c.index, c.finish_reason) for c in finals] == [(0, "length"), (1, "stop"), (2, "tool_calls")]
     assert sum(c.completion_tokens for c in finals) == 9 and {c.prompt_tokens for c in finals} == {5}
+
+
+def test_an_upstream_429_with_an_http_date_is_a_429_with_its_delay():
+    from gateway.errors import RateLimited
+    from gateway.upstream import _upstream_error, retry_after_seconds
+
+    err = _upstream_error("remote", 429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, b"{}")
+    assert isinstance(err, RateLimited) and err.retry_after == 0.0  # a date in the past: now
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", now=1445412480.0) == 30.0
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds("soon") == 1.0 and retry_after_seconds(None) == 1.0
+
+
+async def _rate_limited_upstream(scope, receive, send):
+    """An upstream that answers every call 429 with an HTTP-date Retry-After."""
+    if scope["type"] == "lifespan":
+        from loadtests.fake_upstream import lifespan
+
+        return await lifespan(receive, send)
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 429,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"Wed, 21 Oct 2099 07:28:00 GMT")]})
+    await send({"type": "http.response.body", "body": b'{"error": {"message": "slow down"}}'})
+
+
+def test_an_upstream_429_falls_back_along_the_policy_and_otherwise_says_when(zoo_dir, start_server, tmp_path):
+    """It used to become a 502 (the date did not parse) and was never tried on a fallback."""
+    import httpx
+    import yaml
+
+    from support import KEY_ALPHA, make_config
+
+    with ServerThread(_rate_limited_upstream) as limited:
+        remote = {"name": "remote", "upstream": {"base_url": limited.base_url + "/v1", "model": "x"}}
+        policy = tmp_path / "routing.yaml"
+        policy.write_text(yaml.safe_dump({"version": 1, "tiers": {"small": ["mux-2m"], "large": ["remote"]},
+                                          "routes": {"default": {"threshold": 0.0}}}))
+        config = make_config(zoo_dir)
+        config["models"] = config["models"] + [remote]
+        config["routing"] = {"default_model": "mux-2m", "policy_file": str(policy)}
+        server = start_server(config)
+
+        def ask(model):
+            return httpx.post(server.base_url + "/v1/chat/completions", timeout=60,
+                              headers={"authorization": f"Bearer {KEY_ALPHA}"},
+                              json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        routed = ask("auto")
+        assert routed.status_code == 200, routed.text
+        assert routed.headers["x-muxgate-model"] == "mux-2m"
+        assert routed.headers["x-muxgate-route-reason"].endswith("+fallback")
+        direct = ask("remote")  # no fallback for an explicit model: the upstream's 429, with its delay
+        assert direct.status_code == 429 and int(direct.headers["retry-after"]) > 3600
