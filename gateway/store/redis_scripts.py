@@ -169,18 +169,25 @@ local p, rid, team_id, key_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if not redis.call('SET', p .. 'rec:' .. rid, ARGV[10], 'NX') then return 0 end
 
 local member = rid .. ':' .. ARGV[7]
+-- The team is charged only while the team the request ran under still exists: one deleted (or
+-- deleted and re-created under its id) since the request started owes nothing; the record and
+-- the rollups keep the usage.
+local created = redis.call('HGET', p .. 'team:' .. team_id, 'created_at')
+local team_live = created and tonumber(created) <= tonumber(ARGV[11])
 local scopes = {
-  {'team:' .. team_id .. ':' .. ARGV[5], ARGV[15]},
-  {'key:' .. key_id .. ':' .. ARGV[6], ARGV[16]},
+  {'team:' .. team_id .. ':' .. ARGV[5], ARGV[15], team_live},
+  {'key:' .. key_id .. ':' .. ARGV[6], ARGV[16], true},
 }
 for _, s in ipairs(scopes) do
   -- Only a hold that is still present is released; an expired one was already dropped.
   if redis.call('ZREM', p .. 'holds:' .. s[1], member) == 1 then
     redis.call('DECRBY', p .. 'held:' .. s[1], ARGV[7])
   end
-  local skey = p .. 'spent:' .. s[1]
-  redis.call('INCRBY', skey, ARGV[9])
-  if s[2] ~= '' and redis.call('TTL', skey) < 0 then redis.call('EXPIRE', skey, s[2]) end
+  if s[3] then
+    local skey = p .. 'spent:' .. s[1]
+    redis.call('INCRBY', skey, ARGV[9])
+    if s[2] ~= '' and redis.call('TTL', skey) < 0 then redis.call('EXPIRE', skey, s[2]) end
+  end
 end
 redis.call('DEL', p .. 'resv:' .. rid)
 

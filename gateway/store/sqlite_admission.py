@@ -184,11 +184,16 @@ def settle(conn: sqlite3.Connection, reservation: Reservation, record: UsageReco
         if not inserted:
             return False
         conn.execute("DELETE FROM reservations WHERE id = ?", (reservation.id,))
+        # The team is charged only while the team the request ran under still exists: one deleted
+        # (or deleted and re-created under its id) since the request started owes nothing here;
+        # the record and the rollups keep the usage.
+        charged = [("key", reservation.key_id, reservation.key_period, inc["cost_micros"])]
+        if conn.execute("SELECT 1 FROM teams WHERE id = ? AND created_at <= ?",
+                        (reservation.team_id, record.time)).fetchone():
+            charged.append(("team", reservation.team_id, reservation.team_period, inc["cost_micros"]))
         conn.executemany(
             "INSERT INTO spend VALUES (?, ?, ?, ?) ON CONFLICT (scope, owner_id, period) "
-            "DO UPDATE SET spent_micros = spent_micros + excluded.spent_micros",
-            [("team", reservation.team_id, reservation.team_period, inc["cost_micros"]),
-             ("key", reservation.key_id, reservation.key_period, inc["cost_micros"])])
+            "DO UPDATE SET spent_micros = spent_micros + excluded.spent_micros", charged)
         unused = reservation.tokens - record.prompt_tokens - record.completion_tokens
         if unused > 0:
             _refund_tokens(conn, reservation, unused, now)

@@ -226,3 +226,18 @@ async def test_spend_of_unlimited_team(backend):
     assert (spend.budget_usd, spend.remaining_usd, spend.spent_usd) == (None, None, Decimal(0))
     with pytest.raises(NotFound):
         await store.spend("ghost")
+
+
+async def test_a_deleted_teams_late_settlement_keeps_its_record_but_charges_no_team(backend):
+    """A request in flight when its team is deleted used to re-create the team's spend row, so a
+    team re-created under the same id started with the old team's spend."""
+    clock = FakeClock()
+    store = backend.open(clock=clock)
+    principal = await _team_and_key(store, budget_usd="1")
+    reservation = await store.reserve(principal, "small", "0.5", 100, request_id="in-flight")
+    await store.delete_team("acme")
+    clock.now += 5
+    await store.create_team("Acme again", team_id="acme", budget_usd="1")
+    assert await store.settle(reservation, usage_for(reservation, cost_usd="0.4")) is True
+    assert (await store.spend("acme")).spent_usd == money("0")  # the new team owes nothing
+    assert [r.request_id for r in await store.usage_records(T0 - 1, T0 + 10)] == ["in-flight"]  # ledger kept
