@@ -90,3 +90,15 @@ class WrappedBackend:
 
     async def close(self):
         await self.inner.close()
+
+
+async def engine_drained(engine, polls: int = 200, every_s: float = 0.01) -> bool:
+    """Whether the engine's in-flight count reaches 0 within polls x every_s (a stream a client
+    closed frees its sequence at the engine's next step)."""
+    import asyncio
+
+    for _ in range(polls):
+        if engine.in_flight == 0:
+            return True
+        await asyncio.sleep(every_s)
+    return False

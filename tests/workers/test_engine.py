@@ -7,6 +7,7 @@ import torch
 
 from workers.engine import Engine
 from workers.types import ContextLengthExceeded, GenerationRequest
+from support import engine_drained
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +88,5 @@ def test_closing_the_stream_frees_the_sequence(engine):
         await anext(agen)
         assert engine.in_flight == 1
         await agen.aclose()
-        for _ in range(200):
-            if engine.in_flight == 0:
-                return True
-            await asyncio.sleep(0.01)
-        return False
+        return await engine_drained(engine)
     assert asyncio.run(go())

@@ -9,6 +9,7 @@ import pytest
 
 from workers.engine import Engine
 from workers.types import ContextLengthExceeded, GenerationRequest
+from support import engine_drained
 
 PROMPT = "The choices of a request share one prompt, and here is a long enough prompt for that"
 
@@ -84,9 +85,5 @@ def test_leaving_early_frees_every_choice(engine):
         async for _ in stream:
             break
         await stream.aclose()
-        for _ in range(200):
-            if engine.in_flight == 0:
-                return True
-            await asyncio.sleep(0.01)
-        return False
+        return await engine_drained(engine)
     assert asyncio.run(go())
