@@ -64,6 +64,9 @@ class RequestFeatures:
     dense: np.ndarray  # float32, len(DENSE_FEATURE_NAMES)
     indices: np.ndarray  # int64 bucket ids in [0, 2**hash_bits)
     values: np.ndarray  # float32, same length as indices
+    # float32 sentence-embedding projection (policies/embedding.py) when a caller asked for it;
+    # the shipped classifier does not read it, the adaptive router does.
+    embedding: np.ndarray | None = None
 
 
 # Marker words, matched as whole lowercase words. They give the model a prior that transfers
