@@ -29,6 +29,13 @@ from workers.types import GenerationRequest
 MAX_CHOICES = 8  # `n`: choices decode together in one batch; more is a fan-out, not a request
 MAX_LOGIT_BIAS = 300
 MAX_LEGACY_LOGPROBS = 5  # /v1/completions' `logprobs` (top alternatives per token), as OpenAI's
+MAX_STOPS = 4  # as OpenAI's
+# Each stop string is matched against every sampled token's text and held back while it could
+# still become one; a bound keeps that work and the held-back text small.
+MAX_STOP_CHARS = 1024
+# `max_tokens` / `max_completion_tokens`: above every served context (capped again by the model's
+# context when known); it keeps admission's worst case a number every store can hold.
+MAX_TOKENS = 1_048_576
 
 
 class TextPart(Strict):
@@ -87,8 +94,11 @@ class _Sampling(Strict):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v):
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"each stop sequence may be at most {MAX_STOP_CHARS} characters")
         return v
 
     @field_validator("logit_bias")
@@ -121,8 +131,8 @@ class _Sampling(Strict):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     store: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token, with `logprobs`.")
@@ -146,7 +156,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=1, le=MAX_TOKENS)
     echo: Literal[False] = False
     best_of: Literal[1, None] = None
     logprobs: int | None = Field(None, ge=0, le=MAX_LEGACY_LOGPROBS,

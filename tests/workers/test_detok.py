@@ -83,3 +83,51 @@ def test_a_metaspace_tokenizer_keeps_its_spaces_when_streamed():
     stream = StopTextStream(tokenizer, [])
     streamed = "".join(stream.push(i) for i in ids) + stream.flush()
     assert streamed == tokenizer.decode(ids, skip_special_tokens=True) == "hello world the quick fox"
+
+
+def _reference(text: str, stops: list[str]) -> tuple[str, bool]:
+    """What a stream must send of `text` fed a character at a time: at the first character that
+    completes a stop string, the text before the earliest stop string in it; else everything."""
+    for i in range(1, len(text) + 1):
+        hits = [j for j in (text[:i].find(s) for s in stops) if j >= 0]
+        if hits:
+            return text[:min(hits)], True
+    return text, False
+
+
+def _held_reference(text: str, stops: list[str]) -> int:
+    """The longest suffix of `text` that is a proper prefix of a stop string (by brute force)."""
+    return max((n for n in range(1, len(text) + 1) for s in stops if len(s) > n and s.startswith(text[-n:])),
+               default=0)
+
+
+def test_stop_matching_agrees_with_brute_force_on_overlapping_repetitive_strings():
+    """Self-overlapping stop strings ('aab' in 'aaab', 'abab' in 'ababab') are where an
+    incremental matcher can go wrong: what is sent and held back after every token matches a
+    brute-force search over the whole text."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(400):
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+        stream = StopTextStream(CharTokenizer(), stops)
+        sent = ""
+        for i, b in enumerate(text.encode(), 1):
+            sent += stream.push(b)
+            if stream.stopped:
+                break
+            assert sent == text[:i][:i - _held_reference(text[:i], stops)], (stops, text[:i])
+        sent += stream.flush()
+        assert (sent, stream.stopped) == _reference(text, stops), (stops, text)
+
+
+def test_a_stop_string_of_the_longest_allowed_length_is_found_and_held():
+    from gateway.openai_api import MAX_STOP_CHARS
+
+    stop = "ab" * (MAX_STOP_CHARS // 2)
+    s = StopTextStream(CharTokenizer(), [stop])
+    out = feed(s, "x" + stop[:-1])
+    assert "".join(out) == "x" and not s.stopped  # all but the last character could still be the stop
+    out += feed(s, stop[-1] + "tail")
+    assert "".join(out) == "x" and s.stopped
