@@ -7,6 +7,7 @@
 from gateway.store.buffer import LedgerBuffer
 from gateway.store.errors import Conflict, InvalidInput, NotFound, StoreError, StoreUnavailable
 from gateway.store.factory import open_store
+from gateway.store.outcomes import RoutedRequest
 from gateway.store.protocol import Store
 from gateway.store.records import (
     DENIAL_LIMITS,
@@ -27,7 +28,7 @@ from gateway.store.sqlite_store import SQLiteStore
 
 __all__ = [
     "DENIAL_LIMITS", "GROUP_BY_FIELDS", "UNSET", "ApiKey", "Conflict", "CreatedKey", "Denial",
-    "InvalidInput", "LedgerBuffer", "NotFound", "Principal", "RedisStore", "Reservation",
+    "InvalidInput", "LedgerBuffer", "NotFound", "Principal", "RedisStore", "Reservation", "RoutedRequest",
     "SQLiteStore", "Spend", "Store", "StoreError", "StoreUnavailable", "Team", "UsageRecord",
     "UsageRow", "open_store",
 ]

@@ -18,8 +18,9 @@ from gateway.store.protocol import Store
 
 def open_store(url: str, *, pepper: bytes | str | None = None,
                clock: Callable[[], float] = time.time,
-               reservation_ttl_s: float = 600.0) -> Store:
-    """Create the store a URL names. No I/O happens until the first call."""
+               reservation_ttl_s: float = 600.0, outcome_retention_s: float | None = None) -> Store:
+    """Create the store a URL names. No I/O happens until the first call. ``outcome_retention_s``:
+    how long Redis keeps routed requests and outcomes (SQLite keeps them until deleted)."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
@@ -37,6 +38,7 @@ def open_store(url: str, *, pepper: bytes | str | None = None,
         prefix = next((v for k, v in query if k == "prefix"), "mg:")
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
         clean = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
+        retention = {} if outcome_retention_s is None else {"outcome_retention_s": outcome_retention_s}
         return RedisStore(clean, prefix=prefix, pepper=pepper, clock=clock,
-                          reservation_ttl_s=reservation_ttl_s)
+                          reservation_ttl_s=reservation_ttl_s, **retention)
     raise InvalidInput(f"unsupported store URL {url!r}; use sqlite:///… or redis://…")

@@ -17,6 +17,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
+from policies.outcome import Outcome
+
+from gateway.store.outcomes import RoutedRequest
 from gateway.store.records import (
     UNSET,
     ApiKey,
@@ -143,6 +146,45 @@ class Store(Protocol):
 
     async def spend(self, team_id: str, *, now: float | None = None) -> Spend:
         """The team's budget position in its current period. NotFound if missing."""
+        ...
+
+    # --- routing outcomes: what the router learns from -----------------------------------------
+
+    async def record_routed(self, request: RoutedRequest) -> bool:
+        """Keep an `auto`-routed request (features, pair, tier; text only if the team opted in).
+        Idempotent per request id: False, and nothing changes, if it is already kept."""
+        ...
+
+    async def routed_request(self, team_id: str, request_id: str) -> RoutedRequest | None:
+        """The team's routed request, or None: unknown, or another team's (indistinguishable)."""
+        ...
+
+    async def set_other_answer(self, team_id: str, request_id: str, answer: str) -> bool:
+        """Keep the other tier's answer from a shadow evaluation; False if the request is unknown."""
+        ...
+
+    async def routed_requests(self, start: TimeArg, end: TimeArg, *, team_id: str | None = None,
+                              limit: int = 1000) -> list[RoutedRequest]:
+        """Routed requests with start <= time < end, oldest first, at most ``limit``."""
+        ...
+
+    async def record_outcome(self, outcome: Outcome) -> None:
+        """Keep one label (policies.outcome.Outcome). One per request id and source: a later
+        one replaces the earlier (a second feedback score replaces the first)."""
+        ...
+
+    async def outcomes(self, start: TimeArg, end: TimeArg, *, team_id: str | None = None,
+                       pair: str | None = None, limit: int = 100_000) -> list[Outcome]:
+        """Outcomes with start <= created_at < end, oldest first, at most ``limit``."""
+        ...
+
+    async def save_router_state(self, state: dict) -> None:
+        """Persist the router's learned state (one JSON object shared by every gateway: the
+        last writer wins)."""
+        ...
+
+    async def load_router_state(self) -> tuple[dict, float] | None:
+        """(state, epoch seconds it was saved), or None if none was ever saved."""
         ...
 
     # --- lifecycle -----------------------------------------------------------------------------

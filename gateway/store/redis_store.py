@@ -51,6 +51,7 @@ from gateway.store.records import (
     UsageRecord,
     UsageRow,
 )
+from gateway.store.redis_outcomes import DEFAULT_OUTCOME_RETENTION_S, RedisOutcomes
 from gateway.store.redis_codec import (
     flatten,
     key_fields,
@@ -85,13 +86,14 @@ def _retention(period_key: str) -> str:
     return "" if seconds is None else str(seconds)
 
 
-class RedisStore:
+class RedisStore(RedisOutcomes):
     """The Store protocol on one Redis server (standalone or Sentinel-managed; not Cluster)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "mg:",
                  pepper: bytes | str | None = None, clock: Callable[[], float] = time.time,
                  reservation_ttl_s: float = 600.0, max_connections: int = 64,
-                 socket_timeout_s: float = 5.0) -> None:
+                 socket_timeout_s: float = 5.0,
+                 outcome_retention_s: float = DEFAULT_OUTCOME_RETENTION_S) -> None:
         if not prefix or any(c.isspace() for c in prefix):
             raise InvalidInput(f"invalid redis key prefix {prefix!r}")
         self.url = url
@@ -99,6 +101,7 @@ class RedisStore:
         self._pepper = checked_pepper(pepper)
         self._clock = clock
         self.reservation_ttl_s = float(reservation_ttl_s)
+        self.outcome_retention_s = float(outcome_retention_s)  # routed requests and outcomes
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=socket_timeout_s,
             decode_responses=True, socket_timeout=socket_timeout_s,

@@ -9,11 +9,56 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
-# what takes a file of an older version to the next: version 2 adds the ledger's agent columns
+SCHEMA_VERSION = 3
+
+# Version 3: what routing learns from (gateway/store/outcomes.py). Routed requests are
+# team-scoped; their text columns stay NULL unless the team stores prompts.
+_OUTCOME_TABLES = """
+CREATE TABLE IF NOT EXISTS routed_requests (
+    request_id TEXT PRIMARY KEY,
+    team_id TEXT NOT NULL,
+    time REAL NOT NULL,
+    pair TEXT NOT NULL,
+    routed TEXT NOT NULL,               -- 'small' | 'large'
+    model TEXT NOT NULL,
+    features BLOB NOT NULL,             -- policies.outcome.encode_features
+    messages TEXT,                      -- JSON list, only with store_prompts
+    answer TEXT,
+    other_answer TEXT                   -- the other tier's, from a shadow evaluation
+);
+CREATE INDEX IF NOT EXISTS routed_requests_time ON routed_requests (time);
+CREATE INDEX IF NOT EXISTS routed_requests_team_time ON routed_requests (team_id, time);
+CREATE TABLE IF NOT EXISTS outcomes (
+    request_id TEXT NOT NULL,
+    source TEXT NOT NULL,               -- 'feedback' | 'shadow' | 'replay'
+    team_id TEXT NOT NULL,
+    pair TEXT NOT NULL,
+    routed TEXT NOT NULL,
+    small_score REAL,
+    large_score REAL,
+    features BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (request_id, source)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outcomes_time ON outcomes (created_at);
+CREATE TABLE IF NOT EXISTS router_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL,                -- JSON: PolicyRouter.adaptive_state()
+    saved_at REAL NOT NULL
+);
+"""
+
+
+def _statements(script: str) -> list[str]:
+    return [s for s in script.split(";") if s.strip()]
+
+
+# what takes a file of an older version to the next: version 2 adds the ledger's agent columns,
+# version 3 the outcome tables
 _MIGRATIONS = {
     1: ["ALTER TABLE usage_records ADD COLUMN tool_calls INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE usage_records ADD COLUMN constrained TEXT"],
+    2: _statements(_OUTCOME_TABLES),
 }
 
 _SCHEMA = """
@@ -114,7 +159,7 @@ CREATE TABLE IF NOT EXISTS usage_rollups (
     PRIMARY KEY (hour, team_id, key_id, requested_model, routed_model)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_rollups_team ON usage_rollups (team_id, hour);
-"""
+""" + _OUTCOME_TABLES
 
 
 class immediate:
@@ -166,9 +211,8 @@ def connect(path: str, *, busy_timeout_s: float, synchronous: str = "NORMAL") ->
                 raise sqlite3.DatabaseError(
                     f"{path} has schema version {version}; this muxgate knows {SCHEMA_VERSION}")
             if version == 0:  # a new file: the current schema
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(_SCHEMA):
+                    conn.execute(statement)
             else:  # an older muxgate's file: its data kept, its tables brought up to date
                 for step in range(version, SCHEMA_VERSION):
                     for statement in _MIGRATIONS[step]:

@@ -56,6 +56,7 @@ from gateway.store.records import (
     UsageRow,
 )
 from gateway.store.reports import RollupRow, aggregate, check_group_by, hour_range
+from gateway.store.sqlite_outcomes import SQLiteOutcomes
 from gateway.store.sqlite_rows import (
     insert_key,
     key_from_row,
@@ -81,7 +82,7 @@ class _LockHeld(Exception):
     """The event loop's connection found the write lock (or a read lock) taken elsewhere."""
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteOutcomes):
     """The Store protocol on a SQLite file (WAL mode, safe for several processes)."""
 
     def __init__(self, path: str | Path, *, pepper: bytes | str | None = None,
