@@ -110,3 +110,16 @@ def test_triton_on_cuda_matches_reference(dtype, m):
     want = int8_weight_linear_reference(x, q, scale, bias)
     tol = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
     assert float((y.float() - want.float()).norm() / want.float().norm()) < tol
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, dict(rtol=1e-5, atol=1e-4)),
+                                        (torch.bfloat16, dict(rtol=2e-2, atol=2e-1))])
+@pytest.mark.parametrize("rows", [1, 4, 8])
+def test_cpu_int8pack_path_matches_reference(dtype, tol, rows):
+    """K a multiple of 16 (a real model's shapes): bf16 decode rows run torch's int8 weight-only
+    kernel, more rows and float32 the cast path; every one gives the reference's answer."""
+    q, scale, bias = _layer(n=48, k=64)
+    x = torch.randn(rows, 64, generator=torch.Generator().manual_seed(2)).to(dtype)
+    y = int8_weight_linear(x, q, scale, bias.to(dtype), backend="torch")
+    assert y.dtype == dtype and y.shape == (rows, 48)
+    torch.testing.assert_close(y.float(), int8_weight_linear_reference(x, q, scale, bias.to(dtype)).float(), **tol)
