@@ -36,6 +36,8 @@ MAX_STOP_CHARS = 1024
 # `max_tokens` / `max_completion_tokens`: above every served context (capped again by the model's
 # context when known); it keeps admission's worst case a number every store can hold.
 MAX_TOKENS = 1_048_576
+# Messages per chat request: each costs the replica's chat template a render step, however short.
+MAX_MESSAGES = 4096
 
 
 class TextPart(Strict):
@@ -130,7 +132,7 @@ class _Sampling(Strict):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     store: bool | None = None

@@ -54,6 +54,19 @@ DEFAULT_IDLE_RELEASE_S = 2.0
 DEFAULT_SPECULATE_MAX_BATCH = 4
 
 
+# Prompts larger than this (characters, plus a template's cost per message) are encoded in a
+# worker thread: a 1 MiB body of tiny messages takes a chat template seconds to render.
+OFF_LOOP_ENCODE_CHARS = 16 * 1024
+MESSAGE_ENCODE_CHARS = 256  # what one message costs the template, in characters of plain text
+
+
+def _prompt_chars(req: GenerationRequest) -> int:
+    if req.messages is None:
+        return len(req.prompt or "")
+    return sum(len(m.get("content") or "") + MESSAGE_ENCODE_CHARS
+               for m in req.messages) + MESSAGE_ENCODE_CHARS * len(req.tools or ())
+
+
 class Engine:
     """Generation for one loaded model. Thread-safe `generate`; one scheduler thread.
 
@@ -192,7 +205,10 @@ class Engine:
         Closing the iterator early (client gone) frees the sequence's slot and KV at the next step.
         `draft`: a model sharing this one's tokenizer that drafts `req.draft_tokens` tokens per
         step for speculative decoding (greedy requests only; the output is the same either way)."""
-        prompt_ids = self.encode(req)
+        # A long chat (many messages or much text) takes its template and tokenizer a while:
+        # off the event loop, which serves every other stream of this replica meanwhile.
+        prompt_ids = (self.encode(req) if _prompt_chars(req) <= OFF_LOOP_ENCODE_CHARS
+                      else await asyncio.to_thread(self.encode, req))
         if not prompt_ids and self._bos is not None:
             prompt_ids = [self._bos]  # the model needs at least one token to predict from
         max_new = self.budget(prompt_ids, req)

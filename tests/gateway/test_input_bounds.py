@@ -6,7 +6,7 @@ import dataclasses
 import httpx
 import pytest
 
-from gateway.openai_api import MAX_STOP_CHARS, MAX_TOKENS
+from gateway.openai_api import MAX_MESSAGES, MAX_STOP_CHARS, MAX_TOKENS
 from support import KEY_ALPHA, WrappedBackend, make_config
 
 
@@ -63,3 +63,8 @@ def test_a_stop_string_longer_than_the_bound_is_a_400(bounded_gateway):
     _refused(_post(bounded_gateway, _chat(stop="y" * (MAX_STOP_CHARS + 1))), "stop")
     ok = _post(bounded_gateway, _chat(stop=["z" * MAX_STOP_CHARS], max_tokens=4))
     assert ok.status_code == 200, ok.text
+
+
+def test_more_messages_than_the_bound_is_a_400(bounded_gateway):
+    many = [{"role": "user", "content": "a"}] * (MAX_MESSAGES + 1)
+    assert str(MAX_MESSAGES) in _refused(_post(bounded_gateway, _chat(messages=many)), "messages")
