@@ -90,9 +90,15 @@ class Gateway:
         self.authenticator = authenticator or self.callers
         self.pool_metrics = PoolMetricsCollector()
         self.router = self._make_router(config)
+        self.learning = None  # routing that learns from outcomes: needs a store and a routing policy
+        if self.tenancy is not None and config.routing.policy_file:
+            from gateway.learning import Learning
+
+            self.learning = Learning(config, backend, self.tenancy, self.router)
         self.completions = CompletionService(backend, self.router, self.authenticator.authenticate,
                                              self.metrics, config.server,
-                                             admission=self.tenancy.admission if self.tenancy else None)
+                                             admission=self.tenancy.admission if self.tenancy else None,
+                                             recorder=self.learning.recorder if self.learning else None)
         self.created = int(time.time())
         self.auth_limiter = FailedAuthLimiter(config.server.auth_failures_per_minute,
                                               trusted_proxies=config.server.trusted_proxies)
@@ -153,6 +159,12 @@ async def chat_completions(gw: Gateway, request: Request) -> Response:
 
 async def completions(gw: Gateway, request: Request) -> Response:
     return await gw.completions.handle(request, chat=False)
+
+
+async def feedback(gw: Gateway, request: Request) -> Response:
+    if gw.learning is None:
+        raise NotFound("Feedback needs a store and a routing policy (routing.policy_file); this gateway has none.")
+    return await gw.learning.feedback.handle(request)
 
 
 async def list_models(gw: Gateway, request: Request) -> Response:
@@ -241,10 +253,15 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
                 background.append(asyncio.create_task(gateway.tenancy.watch_journal()))
         if hasattr(gateway.router, "watch"):  # hot reload of the routing policy file
             background.append(asyncio.create_task(gateway.router.watch()))
+        if gateway.learning is not None:
+            await gateway.learning.start()
+            background.append(asyncio.create_task(gateway.learning.state.watch()))
         yield
         for task in background:
             task.cancel()
         await gateway.completions.drain()
+        if gateway.learning is not None:
+            await gateway.learning.close()
         if gateway.tenancy is not None:
             await gateway.tenancy.close()
         await backend.close()
@@ -253,6 +270,7 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
     routes = [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in inference.items()),
         Route("/v1/models", _endpoint(list_models), methods=["GET"]),
+        Route("/v1/feedback", _endpoint(feedback), methods=["POST"]),
         Route("/healthz", _endpoint(healthz), methods=["GET"]),
         Route("/readyz", _endpoint(readyz), methods=["GET"]),
         Route("/metrics", _endpoint(metrics), methods=["GET"]),

@@ -57,6 +57,8 @@ class RequestTrace:
     backend_seconds: float = 0.0  # time spent waiting on the backend (the rest is the gateway's overhead)
     tool_calls: int = 0  # calls the model made, over all choices
     constrained: str | None = None  # the grammar that constrained the answer ("json_schema", "tool_call" ...)
+    routed: object = None  # what routing learns from this request (gateway/routed_record.RoutedNote); None: nothing
+    answer: str | None = None  # the first choice's text, kept only when `routed` asks for it
     extra: dict = field(default_factory=dict)
     # per choice: (completion tokens, gpu seconds) so far; both are cumulative per choice
     _choices: dict = field(default_factory=dict, repr=False)
@@ -155,7 +157,8 @@ def team_session(team_id: str, session_id: str | None) -> str | None:
 
 class CompletionService:
     def __init__(self, backend: Backend, router: Router, authenticate: Callable[[str | None], Awaitable[Principal]],
-                 metrics: GatewayMetrics, server: ServerConfig, admission: Admission | None = None):
+                 metrics: GatewayMetrics, server: ServerConfig, admission: Admission | None = None,
+                 recorder=None):
         self.backend = backend
         self.router = router
         self.authenticate = authenticate
@@ -163,6 +166,9 @@ class CompletionService:
         self.server = server
         self.admission = admission or OpenAdmission()
         self.hooks: list[Callable[[RequestTrace], object]] = [self._record_metrics, self._log, self._settle]
+        self.recorder = recorder  # gateway/routed_record.RoutedRecorder: what routing learns from, after the answer
+        if recorder is not None:
+            self.hooks.append(recorder.finished)
         self._pending: set[asyncio.Task] = set()
 
     async def handle(self, request: Request, chat: bool) -> Response:
@@ -187,6 +193,8 @@ class CompletionService:
         ticket = await self.admission.admit(principal, decision, gen_req)
         trace = RequestTrace(request_id, "chat" if chat else "completions", principal, parsed.model, decision,
                              started=request.state.started, ticket=ticket)
+        if self.recorder is not None:
+            trace.routed = self.recorder.note(parsed.model, decision, context, gen_req)
         stream, first = await self._dispatch(trace, gen_req)
         builder = ResponseBuilder(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, trace.decision.model,
                                   n=gen_req.n, logprobs=gen_req.logprobs)
@@ -263,6 +271,8 @@ class CompletionService:
         finally:
             await stream.aclose()
         headers["x-muxgate-overhead-ms"] = self._overhead_ms(trace)
+        if trace.routed is not None and trace.routed.keep_answer:
+            trace.answer = builder.text()
         await self._finish_durably(trace, None)
         return JSONResponse(builder.full(trace.prompt_tokens, trace.completion_tokens), headers=headers)
 
@@ -278,7 +288,7 @@ class CompletionService:
                 event = builder.delta(chunk)
                 if event is not None:
                     yield sse(event)
-                builder.add(chunk, collect=False)
+                builder.add(chunk, collect=trace.routed is not None and trace.routed.keep_answer)
                 if chunk.finish_reason is not None:
                     yield sse(builder.finish(chunk))
                     if builder.done:
@@ -293,6 +303,8 @@ class CompletionService:
             if include_usage:
                 yield sse(builder.usage_chunk(trace.prompt_tokens, trace.completion_tokens))
             await stream.aclose()
+            if trace.routed is not None and trace.routed.keep_answer:
+                trace.answer = builder.text()
             await self._finish_durably(trace, None)
             yield sse("[DONE]")
             done = True

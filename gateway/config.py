@@ -110,6 +110,12 @@ class StoreConfig(Strict):
     ledger_buffer_max: int = Field(
         10_000, ge=1, description="Usage records held in memory while the store is unavailable; beyond it "
         "the oldest are dropped (and counted in /metrics).")
+    outcome_retention_days: float = Field(
+        90.0, gt=0, description="With Redis: how long routed requests (their features, and text for teams with "
+        "`store_prompts`) and their outcomes (feedback, shadow evaluations) are kept. SQLite keeps them until deleted.")
+    router_state_save_s: float = Field(
+        60.0, gt=0, description="How often the router's learned state is written to the store (also at shutdown; "
+        "read at start). Gateways sharing a store share one state: the last writer wins.")
     pepper_env: str = Field(
         "MUXGATE_KEY_PEPPER", description="Environment variable with an optional secret mixed into key hashes "
         "(HMAC); changing it invalidates every stored key.")
@@ -161,6 +167,9 @@ class TeamConfig(Strict):
     tpm_limit: int | None = Field(
         None, ge=1, description="Tokens per minute (worst case at admission, refunded to actual); null: unlimited.")
     allowed_models: list[str] = Field(default_factory=list, description="Models the team may use; empty: all.")
+    store_prompts: bool = Field(
+        False, description="Keep this team's `auto` requests' messages and answers in the store beside their routing "
+        "features (for `muxgate export distill`). Off: only the features (no text) are kept.")
 
 
 class ZooConfig(Strict):
@@ -271,6 +280,12 @@ class MuxgateConfig(Strict):
         dupes = sorted({t for t in teams if teams.count(t) > 1})
         if dupes:
             raise ValueError(f"team ids must be unique; repeated: {', '.join(dupes)}")
+        shadow = self.routing.shadow
+        if shadow is not None:
+            if shadow.judge.model is not None and shadow.judge.model not in names:
+                raise ValueError(f"routing.shadow.judge.model {shadow.judge.model!r} is not one of the models")
+            if shadow.budget not in set(teams) | {k.team for k in self.keys}:
+                raise ValueError(f"routing.shadow.budget {shadow.budget!r} is not a team of `teams` or `keys`")
         return self
 
     def model_path(self, model: ModelConfig) -> str | None:

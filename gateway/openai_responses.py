@@ -99,6 +99,11 @@ class ResponseBuilder:
             choice.finish_reason = chunk.finish_reason
             self.finished += 1
 
+    def text(self, index: int = 0) -> str:
+        """One choice's text so far (collected chunks only)."""
+        choice = self.choices.get(index)
+        return "" if choice is None else "".join(choice.text)
+
     def _logprobs(self, entries: list[dict] | None, offset: int) -> dict | None:
         if not self.logprobs:
             return None

@@ -51,7 +51,8 @@ def open_configured_store(config: MuxgateConfig) -> Store:
         raise ConfigError("store.url is null: tenancy (teams, keys, budgets, reports) is disabled")
     try:
         return open_store(config.store.url, pepper=os.environ.get(config.store.pepper_env) or None,
-                          reservation_ttl_s=config.store.reservation_ttl_s)
+                          reservation_ttl_s=config.store.reservation_ttl_s,
+                          outcome_retention_s=config.store.outcome_retention_days * 86400)
     except InvalidInput as exc:
         raise ConfigError(f"store.url: {exc}") from None
 
