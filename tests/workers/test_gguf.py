@@ -96,3 +96,21 @@ def test_greedy_engine_output_equals_model_generate(smol):
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
         assert got == tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
     pool.close()
+
+
+def test_int8_weights_answer_right_and_the_ledger_counts_the_packed_bytes(smol):
+    """`quantization: int8` on a GGUF model: the linear layers hold int8 codes (the tied embedding
+    stays bf16); the greedy answer is still right and the ledger holds what the model holds."""
+    options = dict(kv_reserve_tokens=256, prefix_cache_bytes=0, torch_threads=1)
+    dense = ModelPool([ModelSpec("smol", smol, dtype="bfloat16")], **options)
+    pool = ModelPool([ModelSpec("smol", smol, dtype="bfloat16", quantization="int8")], **options)
+    footprint = pool.footprint("smol")
+    assert footprint.weight_bytes < 0.65 * dense.footprint("smol").weight_bytes
+    assert "Paris" in asyncio.run(answer(pool, "smol"))
+    assert "30" in asyncio.run(answer(pool, "smol", [{"role": "user", "content": "What is 10 times 3?"}]))
+    model = pool._resident["smol"].engine.model
+    assert model.model.layers[0].mlp.down_proj.qweight.dtype == torch.int8
+    assert pool._resident["smol"].measured_weight_bytes == footprint.weight_bytes == tensor_bytes(model)
+    assert pool.ledger.holders() == {"smol": footprint.total}
+    pool.close()
+    dense.close()
