@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from policies.outcome import PAIR_SEPARATOR, ROUTED, Outcome
@@ -63,10 +63,6 @@ class RoutedRequest:
 
 _ROUTED_FIELDS = ("request_id", "team_id", "time", "pair", "routed", "model", "features", "messages",
                   "answer", "other_answer")
-
-
-def with_other_answer(request: RoutedRequest, answer: str) -> RoutedRequest:
-    return replace(request, other_answer=answer)
 
 
 def check_outcome(outcome: Outcome) -> Outcome:

@@ -1,9 +1,16 @@
 """Fixtures of the gateway's agent tests: the fake upstream that answers tool calls and JSON, and a
 gateway serving it as the model `remote` beside the test zoo."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from support import ServerThread, make_config
+
+# pytest runs with --import-mode=importlib (test folders are not on sys.path): the gateway tests'
+# own helper modules (learning_testkit) are imported by name
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")

@@ -6,64 +6,14 @@ with store_prompts."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import yaml
+from learning_testkit import SECRET_PROMPT, ask, feedback, learning_config, stored, wait_routed
 
-from support import ADMIN_KEY, KEY_ALPHA, KEY_BETA, make_config
-
-SECRET_PROMPT = "the-quokka-password-is-marmalade"
-
-
-def stored(config: dict, action):
-    """Run ``action(store)`` against the gateway's own store file."""
-    from gateway.store import open_store
-
-    async def main():
-        store = open_store(config["store"]["url"])
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
-
-
-def wait_routed(config: dict, team: str, request_id: str, timeout_s: float = 10.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        found = stored(config, lambda s: s.routed_request(team, request_id))
-        if found is not None:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{request_id} was never recorded")
-
-
-def learning_config(tmp_path: Path, zoo_dir: Path, threshold: float = 1.0, **overrides) -> dict:
-    """Two zoo tiers under a classifier route; threshold 1.0 sends everything small, 0.0 large."""
-    policy = tmp_path / "routing.yaml"
-    policy.write_text(yaml.safe_dump({"version": 1, "tiers": {"small": ["mux-2m"], "large": ["mux-5m"]},
-                                      "routes": {"default": {"threshold": threshold}}}))
-    config = make_config(zoo_dir, teams=[{"id": "alpha"}, {"id": "beta", "store_prompts": True}], **overrides)
-    config["routing"] = {"default_model": "mux-2m", "policy_file": str(policy)}
-    return config
-
-
-def ask(server, key: str, content: str = "hello there"):
-    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=60)
-    return client.chat.completions.create(model="auto", messages=[{"role": "user", "content": content}],
-                                          max_tokens=4)
-
-
-def feedback(server, key: str | None, body):
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    kwargs = {"content": body} if isinstance(body, (str, bytes)) else {"json": body}
-    return httpx.post(server.base_url + "/v1/feedback", headers=headers, timeout=30, **kwargs)
+from support import ADMIN_KEY, KEY_ALPHA, KEY_BETA
 
 
 @pytest.fixture
