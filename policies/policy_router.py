@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import replace
 from typing import Protocol
 
@@ -175,6 +176,18 @@ class PolicyRouter:
             self._sessions.popitem(last=False)
 
 
+def _weights_stamp(policy: Policy) -> tuple:
+    """The classifier weights a policy names: path and the metadata file's mtime (None if absent)."""
+    from policies.classifier import WEIGHTS_DIR, WEIGHTS_STEM
+
+    path = Path(policy.classifier.weights) if policy.classifier.weights else WEIGHTS_DIR
+    meta = path / f"{WEIGHTS_STEM}.json" if path.is_dir() else path.with_suffix(".json")
+    try:
+        return str(path.resolve()), meta.stat().st_mtime_ns
+    except OSError:
+        return str(path.resolve()), None
+
+
 class ReloadingRouter:
     """Routes with the current policy; a background task reloads the file when it changes. A
     file that fails to load or validate is logged and ignored: the old policy stays in force."""
@@ -187,6 +200,7 @@ class ReloadingRouter:
         self.reloads = 0
         self.reload_errors = 0
         self.last_error: str | None = None
+        self._weights: tuple | None = None
         self.current = self._build()  # a bad file at start-up is an error: nothing to keep
         self._mtime = self._stat()
 
@@ -199,9 +213,13 @@ class ReloadingRouter:
     def _build(self) -> PolicyRouter:
         policy = load_policy(self.path, self.served)
         old = getattr(self, "current", None)
-        router = PolicyRouter(policy, self.served, self._classifier, self.signals,
+        # the loaded classifier only while the policy names the same, unchanged weights files
+        weights = _weights_stamp(policy)
+        same = old is None or weights == self._weights
+        router = PolicyRouter(policy, self.served, self._classifier if same else None, self.signals,
                               sessions=old._sessions if old is not None else None)
         self._classifier = router.classifier or self._classifier
+        self._weights = weights
         return router
 
     async def decide(self, requested: str, context: RouteContext | None = None) -> RoutingDecision | None:
