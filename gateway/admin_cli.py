@@ -153,11 +153,14 @@ def _report_parser(sub) -> None:
 
 
 def register(sub, default_config: str) -> None:
-    """Add the teams, keys and report commands to the `muxgate` parser."""
+    """Add the teams, keys, report, router and export commands to the `muxgate` parser."""
     before = set(sub.choices)
     _teams(sub)
     _keys(sub)
     _report_parser(sub)
+    from gateway.router_cli import register as register_router
+
+    register_router(sub)  # router status / fit, export distill
     for name in set(sub.choices) - before:
         _add_config(sub.choices[name], default_config)
 
