@@ -92,9 +92,10 @@ class Gateway:
         self.router = self._make_router(config)
         self.learning = None  # routing that learns from outcomes: needs a store and a routing policy
         if self.tenancy is not None and config.routing.policy_file:
-            from gateway.learning import Learning
+            from gateway.learning import Learning, LearningCollector
 
             self.learning = Learning(config, backend, self.tenancy, self.router)
+            self.metrics.registry.register(LearningCollector(self.learning))
         self.completions = CompletionService(backend, self.router, self.authenticator.authenticate,
                                              self.metrics, config.server,
                                              admission=self.tenancy.admission if self.tenancy else None,
@@ -249,6 +250,7 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
         background = [asyncio.create_task(poll_pool_stats(backend, gateway.pool_metrics))]
         if gateway.tenancy is not None:
             background.append(asyncio.create_task(gateway.tenancy.watch_budgets()))
+            background.append(asyncio.create_task(gateway.tenancy.admission.watch_reservations()))
             if gateway.tenancy.journal is not None:
                 background.append(asyncio.create_task(gateway.tenancy.watch_journal()))
         if hasattr(gateway.router, "watch"):  # hot reload of the routing policy file

@@ -69,6 +69,7 @@ class FeedbackService:
         self.recorder = recorder
         self.callers = callers
         self.read_timeout_s = read_timeout_s
+        self.accepted = 0
 
     async def handle(self, request: Request) -> Response:
         caller = await self.callers.caller(request.headers.get("authorization"))
@@ -89,5 +90,6 @@ class FeedbackService:
                               "feedback", routed.features, time.time())
             await self.store.record_outcome(outcome)
         observe(self.router, outcome)
+        self.accepted += 1
         return JSONResponse({"object": "feedback", "request_id": rid, "score": score, "tier": routed.routed,
                              "model": routed.model})

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client.core import CounterMetricFamily
+
 from gateway.feedback import FeedbackService
 from gateway.routed_record import RoutedRecorder
 from gateway.router_state import RouterStateSync
@@ -44,3 +46,26 @@ class Learning:
             await self.state.save()
         except StoreError as exc:
             log.warning("the router's state could not be saved at shutdown: %s", exc)
+
+
+class LearningCollector:
+    """The learning parts' plain counters as Prometheus metrics, read at scrape time."""
+
+    def __init__(self, learning: Learning):
+        self.learning = learning
+
+    def collect(self):
+        recorded = CounterMetricFamily("muxgate_routed_requests", "Auto requests recorded for the router to learn "
+                                       "from (features, tier), by outcome (recorded, failed).", labels=["outcome"])
+        recorded.add_metric(["recorded"], self.learning.recorder.recorded)
+        recorded.add_metric(["failed"], self.learning.recorder.failed)
+        yield recorded
+        feedback = CounterMetricFamily("muxgate_feedback", "Feedback scores accepted by POST /v1/feedback.")
+        feedback.add_metric([], self.learning.feedback.accepted)
+        yield feedback
+        shadow = CounterMetricFamily("muxgate_shadow_evaluations", "Shadow evaluations by outcome: submitted, dropped "
+                                     "(queue full), refused (the budget team's limits), failed, unjudged (no verdict), "
+                                     "evaluated.", labels=["outcome"])
+        for outcome, value in (self.learning.shadow.counts if self.learning.shadow else {}).items():
+            shadow.add_metric([outcome], value)
+        yield shadow

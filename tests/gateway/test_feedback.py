@@ -36,6 +36,8 @@ def test_feedback_labels_the_tier_that_answered_and_a_second_score_replaces_the_
     assert [(o.request_id, o.source, o.routed, o.small_score, o.large_score) for o in rows] == \
         [(rid, "feedback", "small", 0.25, None)]
     assert rows[0].team == "alpha" and rows[0].pair == "mux-2m->mux-5m"
+    metrics = httpx.get(server.base_url + "/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).text
+    assert "muxgate_feedback_total 2.0" in metrics and 'muxgate_routed_requests_total{outcome="recorded"} 1.0' in metrics
 
 
 def test_only_the_requesting_team_may_score_and_ids_cannot_be_probed(server_and_config):
