@@ -8,14 +8,15 @@ settlement goes through the LedgerBuffer so a briefly unavailable store loses no
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.costs import CostModel, WorstCase
 from gateway.errors import Forbidden, RateLimited, Unauthorized
-from gateway.estimate import prompt_token_bound
+from gateway.estimate import prompt_token_bound, prompt_token_estimate
 from gateway.store import Denial, LedgerBuffer, Principal, Reservation, Store, UsageRecord
 from gateway.store import errors as store_errors
 from gateway.store.records import (
@@ -39,6 +40,8 @@ class Ticket:
     reservation: Reservation
     worst: WorstCase
     started_wall: float  # epoch seconds of the request's arrival (the ledger's time)
+    prompt_bound: int = 0  # what the prompt can at most take (estimate.prompt_token_bound)
+    completion_tokens: int = 0  # what the completions can at most take: max_tokens x n
 
 
 def denial_error(denial: Denial, worst: WorstCase | None, model: str):
@@ -72,6 +75,7 @@ class StoreAdmission:
         self.metrics = metrics
         self.fail_open = fail_open
         self._periods: dict[str, tuple[str, str]] = {}  # key id -> budget periods of its last reservation
+        self._running: dict[str, Ticket] = {}  # request id -> ticket, admitted and not settled yet
         # (outcome, team, model) -> the metric children a settlement counts in, looked up once
         # (prometheus keeps a child per label set for the life of the process either way)
         self._settled: dict[tuple, tuple] = {}
@@ -89,12 +93,17 @@ class StoreAdmission:
                 self.metrics.denials.labels(MODEL_NOT_ALLOWED).inc()
                 raise denial_error(Denial.of(MODEL_NOT_ALLOWED), None, model)
         contexts = {m: await self.context_length(m) for m in candidates}
-        worst = self.costs.worst_case_any(candidates, prompt_token_bound(req), req.max_tokens, contexts.get, req.n)
+        bound = prompt_token_bound(req)
+        worst = self.costs.worst_case_any(candidates, bound, req.max_tokens, contexts.get, req.n)
+        completion = (req.max_tokens or 0) * max(1, req.n)
+        # Budgets hold the worst case (a bound: money never overshoots); TPM takes a typical
+        # estimate and `confirm` takes the rest once the model has counted the prompt.
+        tpm_tokens = min(worst.tokens, prompt_token_estimate(req) + completion)
         started_wall = time.time()
         try:
             with mapped_store_errors():
                 try:
-                    result = await self.store.reserve(principal, decision.model, worst.cost_usd, worst.tokens,
+                    result = await self.store.reserve(principal, decision.model, worst.cost_usd, tpm_tokens,
                                                       request_id=req.request_id)
                 except store_errors.NotFound:  # the key or team was deleted after the cached lookup
                     raise Unauthorized("The API key or its team no longer exists.") from None
@@ -106,7 +115,58 @@ class StoreAdmission:
             self.metrics.denials.labels(result.limit).inc()
             raise denial_error(result, worst, decision.model)
         self._periods[result.key_id] = (result.team_period, result.key_period)
-        return Ticket(result, worst, started_wall)
+        ticket = Ticket(result, worst, started_wall, bound, completion)
+        self._running[result.id] = ticket
+        return ticket
+
+    async def confirm(self, trace, prompt_tokens: int) -> None:
+        """The model has counted the prompt (its first chunk): take what TPM still lacks for
+        the real count plus the completions' bound, or refuse the request (429) before any of
+        its answer is sent; refused, its whole reservation goes back to the limit at once. A
+        prompt not counted yet (0: an upstream reports usage at the end) is taken at its bound.
+        So TPM never admits more than its limit, and refuses only what would exceed it once
+        counted. Updates ``trace.ticket``."""
+        ticket: Ticket | None = trace.ticket
+        if ticket is None or not ticket.reservation.tpm_limited:
+            return
+        needed = min(ticket.worst.tokens, (prompt_tokens or ticket.prompt_bound) + ticket.completion_tokens)
+        extra = needed - ticket.reservation.tokens
+        if extra <= 0:
+            return
+        try:
+            with mapped_store_errors():
+                result = await self.store.take_tokens(ticket.reservation, extra)
+        except StoreDown:
+            if self.fail_open:
+                return
+            raise
+        if isinstance(result, Denial):
+            trace.ticket = replace(ticket, reservation=replace(ticket.reservation, tokens=0))
+            self.metrics.denials.labels(result.limit).inc()
+            raise denial_error(result, replace(ticket.worst, tokens=needed), ticket.reservation.model)
+        trace.ticket = replace(ticket, reservation=result)
+        if result.id in self._running:
+            self._running[result.id] = trace.ticket
+
+    async def watch_reservations(self) -> None:
+        """Renew the reservations of requests still running, every third of their ttl, so a
+        generation longer than the ttl keeps what it holds (budget and TPM) until it settles."""
+        ttl = float(getattr(self.store, "reservation_ttl_s", 600.0))
+        while True:
+            await asyncio.sleep(ttl / 3)
+            await self.renew_running(older_than_s=ttl / 3)
+
+    async def renew_running(self, older_than_s: float = 0.0) -> int:
+        """One renewal of every running request's reservation made more than `older_than_s` ago."""
+        now = time.time()
+        due = [t.reservation for t in self._running.values() if now - t.started_wall >= older_than_s]
+        if not due:
+            return 0
+        try:
+            return await self.store.renew(due)
+        except Exception as exc:  # the store may be down: the next round tries again
+            log.warning("could not renew %d reservations: %s", len(due), exc)
+            return 0
 
     def _unverified_ticket(self, principal: Principal, decision: RoutingDecision, req: GenerationRequest,
                            worst: WorstCase, started_wall: float) -> Ticket:
@@ -119,7 +179,7 @@ class StoreAdmission:
                                   model=decision.model, cost_usd=worst.cost_usd, tokens=worst.tokens,
                                   created_at=started_wall, expires_at=started_wall, team_period=team_period,
                                   key_period=key_period)
-        return Ticket(reservation, worst, started_wall)
+        return Ticket(reservation, worst, started_wall, prompt_token_bound(req), (req.max_tokens or 0) * max(1, req.n))
 
     def settle(self, ticket: Ticket | None, trace) -> Awaitable[None] | None:
         """Charge the actual cost (never above the reservation) and write the usage record.
@@ -129,6 +189,7 @@ class StoreAdmission:
         queue) and must be awaited before the client is answered."""
         if ticket is None:
             return None
+        self._running.pop(ticket.reservation.id, None)
         record = usage_record(ticket, trace, self.costs)
         if self.buffer.record(ticket.reservation, record, lambda outcome: self._count(outcome, record)):
             return None

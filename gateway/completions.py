@@ -196,6 +196,18 @@ class CompletionService:
         if self.recorder is not None:
             trace.routed = self.recorder.note(parsed.model, decision, context, gen_req)
         stream, first = await self._dispatch(trace, gen_req)
+        confirm = getattr(self.admission, "confirm", None)
+        if confirm is not None:  # the prompt is counted now: TPM takes its real size or refuses
+            try:
+                await confirm(trace, first.prompt_tokens)
+            except BaseException as exc:
+                # refused (429): nothing of it was served, so it is charged nothing and its
+                # whole reservation goes back to the limit at once
+                trace.prompt_tokens = trace.completion_tokens = 0
+                trace.gpu_seconds = 0.0
+                await stream.aclose()
+                await self._finish_durably(trace, exc)
+                raise
         builder = ResponseBuilder(chat, ("chatcmpl-" if chat else "cmpl-") + request_id, trace.decision.model,
                                   n=gen_req.n, logprobs=gen_req.logprobs)
         headers = trace.decision.headers()
@@ -216,7 +228,8 @@ class CompletionService:
                 trace.decision = replace(trace.decision, model=model, reason=f"{trace.decision.reason}+fallback")
             draft = trace.decision.draft_for(model)
             req = replace(gen_req, draft_model=draft, draft_tokens=trace.decision.draft_tokens) if draft else gen_req
-            stream = _guarded(self.backend.generate(model, req), model, trace.request_id)
+            stream = _guarded(self.backend.generate(model, req), model, trace.request_id,
+                              self.server.stream_idle_timeout_s)
             waited = time.perf_counter()
             try:
                 first = await self._first_chunk(stream, model)
@@ -432,11 +445,23 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
-async def _guarded(stream: AsyncIterator[GenerationChunk], model: str, request_id: str):
-    """Typed errors pass through; anything else from a backend is a 502 the operator can trace."""
+async def _guarded(stream: AsyncIterator[GenerationChunk], model: str, request_id: str, idle_s: float):
+    """Typed errors pass through; anything else from a backend is a 502 the operator can trace.
+    After the first chunk (whose wait has its own deadline) a stream silent for `idle_s` fails:
+    a replica stuck mid-answer must not hold the request, its reservation and its slot forever."""
     try:
-        async for chunk in stream:
+        chunk = await anext(stream, None)
+        while chunk is not None:
             yield chunk
+            deadline = asyncio.timeout(idle_s)
+            try:
+                async with deadline:
+                    chunk = await anext(stream, None)
+            except TimeoutError:
+                if not deadline.expired():  # the backend's own timeout, not this deadline
+                    raise
+                raise BackendUnavailable(f"model '{model}' sent nothing for {idle_s:g}s mid-answer",
+                                         retry_after=5) from None
     except (GatewayError, PoolError):
         raise
     except Exception as exc:

@@ -27,6 +27,9 @@ class ServerConfig(Strict):
     default_max_tokens: int = Field(256, ge=1, description="max_tokens applied when a request sets none.")
     stream_first_token_timeout_s: float = Field(
         300.0, gt=0, description="How long a request may wait for its first token before it fails with 503.")
+    stream_idle_timeout_s: float = Field(
+        120.0, gt=0, description="After the first token, the longest a stream may go without a chunk: then it "
+        "fails (an in-band error when streamed, else 503), is settled and its slot freed.")
     body_read_timeout_s: float = Field(
         30.0, gt=0, description="A client must send its whole request body within this long, else 408 (slow clients).")
     auth_failures_per_minute: int = Field(
@@ -89,7 +92,7 @@ class StoreConfig(Strict):
         "revocation is seen (admission re-checks revocation atomically anyway).")
     reservation_ttl_s: float = Field(
         600.0, gt=0, description="A reservation never settled (a crashed gateway) is released after this long; "
-        "keep it above the longest request.")
+        "a gateway renews its running requests' reservations every third of it.")
     when_unavailable: Literal["closed", "open"] = Field(
         "closed", description="While the store cannot be reached: `closed` refuses requests with 503; `open` admits "
         "keys this process verified within `open_key_grace_s` without a reservation (budgets and rate limits can be "

@@ -72,9 +72,12 @@ TYPICAL_REQUEST_TOKENS = 3
 
 
 def prompt_token_estimate(req: GenerationRequest) -> int:
-    """About how many tokens the prompt of ``req`` takes: what a request is charged for its
-    prompt when the upstream that served it reported no usage (it ignores
-    ``stream_options.include_usage``, or the stream ended before its usage event)."""
+    """About how many tokens the prompt of ``req`` takes: what TPM admission takes before the
+    model has counted the prompt (the rest of the real count is taken then: admission.confirm),
+    and what a request is charged for its prompt when the upstream that served it reported no
+    usage (it ignores ``stream_options.include_usage``, or the stream ended before its usage
+    event). Below the real count for text of under 4 bytes per token: small vocabularies, code,
+    most languages other than English."""
     if req.messages is not None:
         return TYPICAL_REQUEST_TOKENS + -(-_tools_bytes(req) // BYTES_PER_TOKEN) + sum(
             -(-_message_bytes(m) // BYTES_PER_TOKEN) + TYPICAL_MESSAGE_TOKENS for m in req.messages)

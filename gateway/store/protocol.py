@@ -131,6 +131,21 @@ class Store(Protocol):
         and update the hourly rollups. Returns False (and changes nothing) if already settled."""
         ...
 
+    async def take_tokens(self, reservation: Reservation, tokens: int, *,
+                          now: float | None = None) -> Reservation | Denial:
+        """Atomically take ``tokens`` more from the team's and the key's TPM for a reservation
+        (admission reserved on an estimate; the real prompt count is larger), both or neither.
+        Returns the reservation holding the new total, or the Denial of the limit it exceeds;
+        refused, the request is not to run: what the reservation held goes back to both limits
+        in the same step (settle it as holding no tokens)."""
+        ...
+
+    async def renew(self, reservations: Sequence[Reservation], *, now: float | None = None) -> int:
+        """Push each reservation's expiry to ``reservation_ttl_s`` from now (a request still
+        running outlives its first ttl). One already expired or settled stays released. Returns
+        how many were renewed."""
+        ...
+
     # --- reports -------------------------------------------------------------------------------
 
     async def usage_report(self, start: TimeArg, end: TimeArg, group_by: Sequence[str] = (), *,

@@ -137,6 +137,7 @@ class Reservation:
     expires_at: float
     team_period: str        # budget period keys the spend is charged to
     key_period: str
+    tpm_limited: bool = False  # the team or the key had a TPM limit when it was made
 
     @property
     def cost_micros(self) -> int:

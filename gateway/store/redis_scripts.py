@@ -38,26 +38,48 @@ local function as_hash(flat)
 end
 
 local function fmt(x) return string.format('%.17g', x) end
+
+-- Time (s) from ARGV, or the Redis server's clock when it is '': every gateway sharing this
+-- server then runs GCRA and hold expiry on one clock, whatever its own says.
+local function clock(arg)
+  local given = tonumber(arg)
+  if given then return given end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- GCRA: take `amount` from the limit `limit` per minute stored at `rkey` (a theoretical arrival
+-- time in ms). Returns true, new_tat | false, nil, retry_after ('' = can never fit).
+local function gcra(rkey, limit, amount, now_ms)
+  local increment = amount * WINDOW_MS / tonumber(limit)
+  local raw = redis.call('GET', rkey)
+  local start = now_ms
+  if raw and tonumber(raw) > now_ms then start = tonumber(raw) end
+  local new_tat = start + increment
+  if new_tat - now_ms <= WINDOW_MS then return true, new_tat end
+  if increment > WINDOW_MS then return false, nil, '' end
+  return false, nil, string.format('%.3f', math.ceil(new_tat - now_ms - WINDOW_MS) / 1000)
+end
 """
 
 # ARGV: 1 prefix, 2 team id, 3 key id, 4 model, 5 worst-case micros, 6 worst-case tokens,
-#       7 now (s), 8 reservation ttl (s), 9 request id,
+#       7 now (s; '' = the server's TIME), 8 reservation ttl (s), 9 request id,
 #       10 daily period key, 11 daily end, 12 daily retention (s),
 #       13 monthly period key, 14 monthly end, 15 monthly retention (s)
-# Returns {'ok', team period, key period, created_at, expires_at}
+# Returns {'ok', team period, key period, created_at, expires_at, tpm limited (1/0)}
 #       | {'deny', limit, retry_after or ''} | {'error', code}.
 RESERVE = _HELPERS + r"""
 local p, team_id, key_id, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local cost_arg, tokens = ARGV[5], tonumber(ARGV[6])
 local cost = tonumber(cost_arg)
-local now, ttl, rid = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local now, ttl, rid = clock(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local now_ms = now * 1000
 
 -- Idempotent per request id: a retried call returns the reservation it already made.
 local existing = redis.call('GET', p .. 'resv:' .. rid)
 if existing then
-  local tper, kper, created, expires = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-  if tonumber(expires) > now then return {'ok', tper, kper, created, expires} end
+  local tper, kper, created, expires, limited = string.match(existing, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([01])$')
+  if tonumber(expires) > now then return {'ok', tper, kper, created, expires, tonumber(limited)} end
 end
 
 local team = as_hash(redis.call('HGETALL', p .. 'team:' .. team_id))
@@ -115,14 +137,9 @@ end
 local function rate(scope_id, kind, limit, amount)
   if limit == '' then return true end
   local rkey = p .. 'rate:' .. scope_id .. ':' .. kind
-  local increment = amount * WINDOW_MS / tonumber(limit)
-  local raw = redis.call('GET', rkey)
-  local start = now_ms
-  if raw and tonumber(raw) > now_ms then start = tonumber(raw) end
-  local new_tat = start + increment
-  if new_tat - now_ms <= WINDOW_MS then return true, rkey, new_tat end
-  if increment > WINDOW_MS then return false, nil, nil, '' end
-  return false, nil, nil, string.format('%.3f', math.ceil(new_tat - now_ms - WINDOW_MS) / 1000)
+  local ok, new_tat, retry = gcra(rkey, limit, amount, now_ms)
+  if ok then return true, rkey, new_tat end
+  return false, nil, nil, retry
 end
 
 local checks = {
@@ -153,14 +170,80 @@ for _, s in ipairs(scopes) do
     redis.call('EXPIRE', ckey, s[4])
   end
 end
-local summary = tper .. '|' .. kper .. '|' .. fmt(now) .. '|' .. fmt(expires)
+local tpm_limited = 0
+if team.tpm_limit ~= '' or key.tpm_limit ~= '' then tpm_limited = 1 end
+local summary = tper .. '|' .. kper .. '|' .. fmt(now) .. '|' .. fmt(expires) .. '|' .. tpm_limited
 redis.call('SET', p .. 'resv:' .. rid, summary, 'EX', math.ceil(ttl) + 1)
-return {'ok', tper, kper, fmt(now), fmt(expires)}
+return {'ok', tper, kper, fmt(now), fmt(expires), tpm_limited}
+"""
+
+# More tokens for a reservation's TPM, once the prompt's real count is known (its estimate was
+# lower): the same GCRA check on the team's and the key's limit, both or neither. Refused, the
+# request will not run: what it holds (ARGV 6) goes back to both limits in the same step, so a
+# concurrent request's check already sees the room.
+# ARGV: 1 prefix, 2 team id, 3 key id, 4 tokens, 5 now (s; '' = the server's TIME), 6 tokens held
+# Returns {'ok'} | {'deny', limit, retry_after or ''}.
+TAKE_TOKENS = _HELPERS + r"""
+local p, team_id, key_id, tokens, held = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[6])
+local now_ms = clock(ARGV[5]) * 1000
+local limits, writes, denial = {}, {}, nil
+for _, c in ipairs({{'team', team_id, 'team_tpm'}, {'key', key_id, 'key_tpm'}}) do
+  local limit = redis.call('HGET', p .. c[1] .. ':' .. c[2], 'tpm_limit')
+  if limit and limit ~= '' then
+    local rkey = p .. 'rate:' .. c[1] .. ':' .. c[2] .. ':tpm'
+    limits[#limits + 1] = {rkey, tonumber(limit)}
+    local ok, new_tat, retry = gcra(rkey, limit, tokens, now_ms)
+    if ok then writes[#writes + 1] = {rkey, new_tat}
+    elseif not denial then denial = {'deny', c[3], retry} end
+  end
+end
+if denial then
+  for _, l in ipairs(limits) do
+    local raw = redis.call('GET', l[1])
+    if raw then
+      local tat = math.max(now_ms, tonumber(raw) - held * WINDOW_MS / l[2])
+      redis.call('SET', l[1], fmt(tat), 'PX', math.ceil(tat - now_ms) + 1000)
+    end
+  end
+  return denial
+end
+for _, w in ipairs(writes) do
+  redis.call('SET', w[1], fmt(w[2]), 'PX', math.ceil(w[2] - now_ms) + 1000)
+end
+return {'ok'}
+"""
+
+# Holds of requests still running, pushed to expire `ttl` seconds from now (a long generation
+# outlives the reservation's first ttl). Only holds still present move; an expired one was
+# released and stays so.
+# ARGV: 1 prefix, 2 now (s; '' = the server's TIME), 3 ttl (s), then per reservation:
+#       request id, team scope base, key scope base, reserved micros
+# Returns how many reservations were still held.
+RENEW = _HELPERS + r"""
+local p, ttl = ARGV[1], tonumber(ARGV[3])
+local now = clock(ARGV[2])
+local expires = now + ttl
+local renewed = 0
+for i = 4, #ARGV, 4 do
+  local member = ARGV[i] .. ':' .. ARGV[i + 3]
+  local held = 0
+  for _, base in ipairs({ARGV[i + 1], ARGV[i + 2]}) do
+    local zkey = p .. 'holds:' .. base
+    local score = redis.call('ZSCORE', zkey, member)
+    if score and tonumber(score) > now then
+      redis.call('ZADD', zkey, 'XX', fmt(expires), member)
+      held = held + 1
+    end
+  end
+  redis.call('EXPIRE', p .. 'resv:' .. ARGV[i], math.ceil(ttl) + 1)
+  if held > 0 then renewed = renewed + 1 end
+end
+return renewed
 """
 
 # ARGV: 1 prefix, 2 request id, 3 team id, 4 key id, 5 team period, 6 key period,
 #       7 reserved micros, 8 unused worst-case tokens, 9 actual micros, 10 record JSON,
-#       11 record time, 12 hour bucket, 13 rollup cell, 14 now (s),
+#       11 record time, 12 hour bucket, 13 rollup cell, 14 now (s; '' = the server's TIME),
 #       15 team period retention (s or ''), 16 key period retention (s or ''),
 #       17.. metric name, increment pairs
 # Returns 1 when applied, 0 when this request id was settled before.
@@ -191,7 +274,7 @@ for _, s in ipairs(scopes) do
 end
 redis.call('DEL', p .. 'resv:' .. rid)
 
-local unused, now_ms = tonumber(ARGV[8]), tonumber(ARGV[14]) * 1000
+local unused, now_ms = tonumber(ARGV[8]), clock(ARGV[14]) * 1000
 if unused > 0 then
   for _, r in ipairs({{'team', team_id}, {'key', key_id}}) do
     local limit = redis.call('HGET', p .. r[1] .. ':' .. r[2], 'tpm_limit')

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
@@ -93,13 +94,17 @@ class RedisStore(RedisOutcomes):
                  pepper: bytes | str | None = None, clock: Callable[[], float] = time.time,
                  reservation_ttl_s: float = 600.0, max_connections: int = 64,
                  socket_timeout_s: float = 5.0,
-                 outcome_retention_s: float = DEFAULT_OUTCOME_RETENTION_S) -> None:
+                 outcome_retention_s: float = DEFAULT_OUTCOME_RETENTION_S,
+                 server_time: bool | None = None) -> None:
         if not prefix or any(c.isspace() for c in prefix):
             raise InvalidInput(f"invalid redis key prefix {prefix!r}")
         self.url = url
         self.prefix = prefix
         self._pepper = checked_pepper(pepper)
         self._clock = clock
+        # Admission's clock (GCRA, hold expiry) is the Redis server's TIME, one clock for every
+        # gateway however theirs drift; an injected clock (tests) drives the scripts instead.
+        self._server_time = (clock is time.time) if server_time is None else server_time
         self.reservation_ttl_s = float(reservation_ttl_s)
         self.outcome_retention_s = float(outcome_retention_s)  # routed requests and outcomes
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -112,7 +117,7 @@ class RedisStore(RedisOutcomes):
         self._redis = aioredis.Redis.from_pool(pool)
         self._scripts = {name: self._redis.register_script(getattr(scripts, name)) for name in (
             "RESERVE", "SETTLE", "CREATE_TEAM", "UPDATE_TEAM", "DELETE_TEAM", "CREATE_KEY",
-            "REVOKE_KEY", "ROTATE_KEY")}
+            "REVOKE_KEY", "ROTATE_KEY", "TAKE_TOKENS", "RENEW")}
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -327,7 +332,7 @@ class RedisStore(RedisOutcomes):
         daily, monthly = period_window("daily", at), period_window("monthly", at)
         result = await self._run("RESERVE", (), [
             self.prefix, principal.team_id, principal.key_id, model, str(cost),
-            str(worst_case_tokens), repr(at), repr(self.reservation_ttl_s), rid,
+            str(worst_case_tokens), self._script_now(now), repr(self.reservation_ttl_s), rid,
             daily.key, repr(daily.end), _retention(daily.key),
             monthly.key, repr(monthly.end), _retention(monthly.key)])
         status = result[0]
@@ -338,7 +343,34 @@ class RedisStore(RedisOutcomes):
         return Reservation(id=rid, team_id=principal.team_id, key_id=principal.key_id, model=model,
                            cost_usd=micros_to_usd(cost), tokens=worst_case_tokens,
                            created_at=float(result[3]), expires_at=float(result[4]),
-                           team_period=result[1], key_period=result[2])
+                           team_period=result[1], key_period=result[2], tpm_limited=bool(result[5]))
+
+    def _script_now(self, now: float | None = None) -> str:
+        """The time a script runs at: '' (the server's TIME) unless given or the clock is injected."""
+        if now is not None:
+            return repr(float(now))
+        return "" if self._server_time else repr(self._clock())
+
+    async def take_tokens(self, reservation: Reservation, tokens: int, *,
+                          now: float | None = None) -> Reservation | Denial:
+        """Take more TPM for a reservation; see the Store protocol."""
+        if tokens <= 0:
+            return reservation
+        result = await self._run("TAKE_TOKENS", (), [
+            self.prefix, reservation.team_id, reservation.key_id, str(int(tokens)), self._script_now(now),
+            str(reservation.tokens)])
+        if result[0] == "deny":
+            return Denial.of(result[1], float(result[2]) if result[2] else None)
+        return replace(reservation, tokens=reservation.tokens + int(tokens))
+
+    async def renew(self, reservations: Sequence[Reservation], *, now: float | None = None) -> int:
+        """Push running requests' holds to expire a full ttl from now; see the Store protocol."""
+        args = [x for r in reservations for x in (r.id, f"team:{r.team_id}:{r.team_period}",
+                                                  f"key:{r.key_id}:{r.key_period}", str(r.cost_micros))]
+        if not args:
+            return 0
+        return int(await self._run("RENEW", (), [self.prefix, self._script_now(now),
+                                                 repr(self.reservation_ttl_s), *args]))
 
     async def settle(self, reservation: Reservation, record: UsageRecord) -> bool:
         """Release, charge, refund, append and roll up atomically; False if already settled."""
@@ -354,7 +386,7 @@ class RedisStore(RedisOutcomes):
             self.prefix, reservation.id, reservation.team_id, reservation.key_id,
             reservation.team_period, reservation.key_period, str(reservation.cost_micros),
             str(max(0, unused)), str(inc["cost_micros"]), json.dumps(record.to_json_dict()),
-            repr(record.time), str(hour_bucket(record.time)), cell, repr(self._clock()),
+            repr(record.time), str(hour_bucket(record.time)), cell, self._script_now(),
             _retention(reservation.team_period), _retention(reservation.key_period), *metrics])
         return bool(applied)
 

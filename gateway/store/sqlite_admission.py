@@ -9,6 +9,7 @@ budget, key budget, team RPM, key RPM, team TPM, key TPM.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 from gateway.store import ratelimit
 from gateway.store.entities import principal_for
@@ -98,7 +99,9 @@ def reserve(conn: sqlite3.Connection, principal: Principal, model: str, cost: in
         existing = conn.execute("SELECT * FROM reservations WHERE id = ?", (rid,)).fetchone()
         if existing is not None:
             if existing["expires_at"] > now:
-                return _existing(existing, model)
+                limits = conn.execute("SELECT (SELECT tpm_limit FROM teams WHERE id = ?), (SELECT tpm_limit "
+                                      "FROM api_keys WHERE id = ?)", (existing["team_id"], existing["key_id"])).fetchone()
+                return replace(_existing(existing, model), tpm_limited=any(x is not None for x in limits))
             conn.execute("DELETE FROM reservations WHERE id = ?", (rid,))
         team_row = conn.execute("SELECT * FROM teams WHERE id = ?",
                                 (principal.team_id,)).fetchone()
@@ -158,7 +161,53 @@ def reserve(conn: sqlite3.Connection, principal: Principal, model: str, cost: in
                 "DO UPDATE SET tat_ms = excluded.tat_ms", new_states)
     return Reservation(id=rid, team_id=team.id, key_id=key.id, model=model,
                        cost_usd=micros_to_usd(cost), tokens=tokens, created_at=now,
-                       expires_at=expires, team_period=team_window.key, key_period=key_window.key)
+                       expires_at=expires, team_period=team_window.key, key_period=key_window.key,
+                       tpm_limited=team.tpm_limit is not None or key.tpm_limit is not None)
+
+
+def take_tokens(conn: sqlite3.Connection, reservation: Reservation, tokens: int,
+                now: float) -> Reservation | Denial:
+    """More TPM for a reservation (its prompt's real count exceeded the estimate), from the team's
+    and the key's limit, both or neither; the reservation row holds the new total. Refused, the
+    reservation's tokens go back to both limits (it holds none after)."""
+    if tokens <= 0:
+        return reservation
+    with immediate(conn):
+        limits = conn.execute("SELECT (SELECT tpm_limit FROM teams WHERE id = ?), "
+                              "(SELECT tpm_limit FROM api_keys WHERE id = ?)",
+                              (reservation.team_id, reservation.key_id)).fetchone()
+        states, denial = [], None
+        scopes = [(scope, owner, cap, limit) for scope, owner, cap, limit in (
+            ("team", reservation.team_id, limits[0], TEAM_TPM), ("key", reservation.key_id, limits[1], KEY_TPM))
+            if cap is not None]
+        for scope, owner, cap, limit in scopes:
+            decision = ratelimit.take(_tat(conn, scope, owner, "tpm"), cap, tokens, now * 1000.0)
+            if not decision.allowed:
+                denial = denial or Denial.of(limit, decision.retry_after_s)
+            states.append((scope, owner, "tpm", decision.new_tat_ms))
+        if denial is not None:
+            # the request will not run: what it holds goes back in this same step, so a
+            # concurrent request's check already sees the room
+            for scope, owner, cap, _ in scopes:
+                tat = ratelimit.refund(_tat(conn, scope, owner, "tpm"), cap, reservation.tokens, now * 1000.0)
+                if tat is not None:
+                    conn.execute("UPDATE rate_state SET tat_ms = ? WHERE scope = ? AND owner_id = ? "
+                                 "AND kind = 'tpm'", (tat, scope, owner))
+            conn.execute("UPDATE reservations SET tokens = 0 WHERE id = ?", (reservation.id,))
+            return denial
+        if states:
+            conn.executemany(
+                "INSERT INTO rate_state VALUES (?, ?, ?, ?) ON CONFLICT (scope, owner_id, kind) "
+                "DO UPDATE SET tat_ms = excluded.tat_ms", states)
+        conn.execute("UPDATE reservations SET tokens = tokens + ? WHERE id = ?", (tokens, reservation.id))
+    return replace(reservation, tokens=reservation.tokens + tokens)
+
+
+def renew(conn: sqlite3.Connection, ids: list[str], now: float, ttl_s: float) -> int:
+    """Running requests' reservations expire a full ttl from now; an expired one stays released."""
+    with immediate(conn):
+        return sum(conn.execute("UPDATE reservations SET expires_at = ? WHERE id = ? AND expires_at > ?",
+                                (now + ttl_s, rid, now)).rowcount for rid in ids)
 
 
 def _unlimited(team_row: sqlite3.Row, key_row: sqlite3.Row) -> bool:

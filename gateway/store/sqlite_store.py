@@ -427,6 +427,19 @@ class SQLiteStore(SQLiteOutcomes):
             raise InvalidInput("record team/key differ from the reservation's")
         return await self._call_fast(admission.settle, reservation, record, self._clock())
 
+    async def take_tokens(self, reservation: Reservation, tokens: int, *,
+                          now: float | None = None) -> Reservation | Denial:
+        """Take more TPM for a reservation; see the Store protocol."""
+        at = self._clock() if now is None else float(now)
+        return await self._call_fast(admission.take_tokens, reservation, int(tokens), at)
+
+    async def renew(self, reservations, *, now: float | None = None) -> int:
+        """Push running requests' holds to expire a full ttl from now; see the Store protocol."""
+        if not reservations:
+            return 0
+        at = self._clock() if now is None else float(now)
+        return await self._call_fast(admission.renew, [r.id for r in reservations], at, self.reservation_ttl_s)
+
     # --- reports -------------------------------------------------------------------------------
 
     async def usage_report(self, start, end, group_by: Sequence[str] = (), *,
