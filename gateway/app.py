@@ -92,9 +92,10 @@ class Gateway:
         self.router = self._make_router(config)
         self.learning = None  # routing that learns from outcomes: needs a store and a routing policy
         if self.tenancy is not None and config.routing.policy_file:
-            from gateway.learning import Learning
+            from gateway.learning import Learning, LearningCollector
 
             self.learning = Learning(config, backend, self.tenancy, self.router)
+            self.metrics.registry.register(LearningCollector(self.learning))
         self.completions = CompletionService(backend, self.router, self.authenticator.authenticate,
                                              self.metrics, config.server,
                                              admission=self.tenancy.admission if self.tenancy else None,
