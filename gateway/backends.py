@@ -6,6 +6,7 @@ work behind it (the engine frees the sequence's slot).
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator, Protocol
 
 from gateway.errors import BackendUnavailable
@@ -41,7 +42,7 @@ class InProcessBackend:
         return [self.pool.stats()]
 
     async def close(self) -> None:
-        self.pool.close()
+        await asyncio.to_thread(self.pool.close)  # joins engine threads; the event loop keeps serving
 
 
 def _unwrap_ray_error(exc: BaseException) -> BaseException:

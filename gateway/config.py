@@ -229,11 +229,15 @@ class PoolConfig(Strict):
         "(KubeRay RayService, `serve deploy`), never deploying or deleting it; required when several gateways share one pool.")
     replicas: int = Field(1, ge=1, description="Pool replicas (ignored when autoscaling is set).")
     num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica.")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs (or a fraction) per replica; 0 runs on CPU.")
+    num_gpus: float = Field(
+        0.0, ge=0, description="GPUs (or a fraction) per replica; 0 runs on CPU. A fraction (0.5: two replicas share a "
+        "card) is also the share of its GPU's memory a replica budgets by default.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per replica.")
     device_budget_mb: float | None = Field(
         None, gt=0, description="Device bytes (MiB) each replica may hold in model weights + KV reserves; "
-        "default: the GPU's total memory, or half the machine's RAM on CPU. On a GPU, loads also need NVML's free memory.")
+        "default: the replica's share (`num_gpus`, at most 1) of its GPU's total memory, or half the machine's RAM on "
+        "CPU. On a GPU, a load also needs NVML's free memory (all processes, read on the replica's own GPU), less what "
+        "the replica's loads in progress have reserved but not allocated yet.")
     host_budget_mb: float = Field(
         0, ge=0, description="Host memory (MiB) per replica for warm copies of evicted models (pinned on GPUs); 0 disables the warm tier.")
     eviction: Literal["gdsf", "lru"] = Field(

@@ -1,4 +1,5 @@
-"""GPU check (about 2 minutes on one GPU, the zoo build included): NVML accounting vs torch, the
+"""GPU check (about 2 minutes on one GPU, the zoo build included): the tests marked `gpu` (pytest -m
+gpu: NVML on torch's own device, eviction giving torch's cache back), NVML accounting vs torch, the
 pool's predicted footprints vs torch's allocation, pinned host->GPU swap bandwidth vs a raw pinned
 copy (mux-120m and 1B/7B-shaped synthetic models), a two-model swap loop through the pool, greedy
 answers of the batched engine vs `model.generate`, int8 vs bf16 in the engine, and the int8
@@ -14,7 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -22,9 +26,9 @@ from pathlib import Path
 
 def nvml_vs_torch(torch) -> dict:
     """Allocate known amounts; NVML's used delta should track torch's allocation (plus context)."""
-    from workers.memory import NvmlMemory
+    from workers.memory import nvml_memory
 
-    nvml = NvmlMemory(0)
+    nvml = nvml_memory("cuda")  # the GPU torch calls cuda:0, whatever NVML's numbering
     torch.cuda.synchronize()
     base_nvml, base_torch = nvml.used(), torch.cuda.memory_reserved()
     rows = []
@@ -227,6 +231,18 @@ def swap_loop(zoo: Path) -> dict:
             "failures": stats["load_failures"]}
 
 
+def gpu_tests() -> dict:
+    """The pytest tests marked `gpu` (skipped in CI, which has no GPU), in a process of their own."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "tests"],
+                         capture_output=True, text=True, timeout=600)
+    tail = run.stdout.strip().splitlines()[-1:] or [""]
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error|deselected)", tail[0])}
+    out = {"returncode": run.returncode, **counts}
+    if run.returncode != 0:
+        out["output"] = run.stdout[-3000:] + run.stderr[-1000:]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", action="store_true")
@@ -245,6 +261,7 @@ def main() -> None:
     build_zoo(zoo, ["mux-120m", "mux-50m", "mux-50m-b", "mux-20m"], progress=False)
     out = {"bench": "gpu_check", "gpu": True, "torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
     parts = (
+        ("gpu_tests", gpu_tests),
         ("nvml", lambda: nvml_vs_torch(torch)),
         ("footprint", lambda: footprint_accuracy(torch, zoo, ["mux-20m", "mux-120m"])),
         ("swap", lambda: swap_bandwidth(torch, load_cold(str(zoo / "mux-120m"), torch.bfloat16, "cuda"), "mux-120m")),

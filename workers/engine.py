@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import torch
 
@@ -81,6 +81,9 @@ class Engine:
     A sequence is admitted only when every admitted one could reach its full length (prompt +
     max_tokens) within it, so the batch never outgrows it; one that could not fit even alone is
     refused like a context overflow. None: bounded by `max_running` and the context only.
+    `on_idle`: called on the scheduler thread (its lock held: it must only hand off, e.g. with
+    `loop.call_soon_threadsafe`) when the engine becomes `idle` after running steps, so a pool
+    waiting to evict this model learns the moment it may.
     """
 
     def __init__(self, name: str, model, tokenizer, device: str = "cpu", max_running: int = 64, *,
@@ -88,7 +91,7 @@ class Engine:
                  prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
                  idle_release_s: float = DEFAULT_IDLE_RELEASE_S,
                  speculate_max_batch: int = DEFAULT_SPECULATE_MAX_BATCH,
-                 kv_budget_bytes: int | None = None):
+                 kv_budget_bytes: int | None = None, on_idle: Callable[[], None] | None = None):
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -119,6 +122,10 @@ class Engine:
         self._running: list[Sequence] = []  # admitted: prefilling or decoding
         self._wake = threading.Condition()
         self._closed = False
+        # True from when a step is planned until the scheduler finds nothing left to run: a
+        # cancelled sequence's step still runs to its end on the weights (changed under _wake)
+        self._stepping = False
+        self.on_idle = on_idle
         self.busy_seconds = 0.0  # time spent in forward passes, for GPU-second attribution
         self.prefix_hit_tokens = 0  # prompt tokens whose KV was reused instead of computed
         self.prefill_tokens = 0  # prompt tokens computed
@@ -145,6 +152,15 @@ class Engine:
         """Sequences still wanted by someone (cancelled ones leave at the next step)."""
         with self._wake:
             return sum(1 for s in (*self._waiting, *self._running) if not (s.cancelled or s.finished))
+
+    @property
+    def idle(self) -> bool:
+        """Not inside a step and no sequence wanted by anyone: nothing runs on the weights (its own,
+        or a draft model lent to one of its sequences) until a new request comes. Only then may
+        the pool evict it."""
+        with self._wake:
+            return not self._stepping and not any(not (s.cancelled or s.finished)
+                                                  for s in (*self._waiting, *self._running))
 
     @property
     def kv_bytes(self) -> int:
@@ -311,9 +327,18 @@ class Engine:
                         self._running.extend([seq, *seq.forks])
                         admitted.extend([seq, *seq.forks])
                 if self._closed:
+                    self._stepping = False
                     return None
                 if self._running:
+                    self._stepping = True
                     break
+                if self._stepping:  # the last step's sequences are gone: the weights are free now
+                    self._stepping = False
+                    if self.on_idle is not None:
+                        try:
+                            self.on_idle()
+                        except Exception:  # the scheduler must outlive its listener
+                            log.exception("engine %s: on_idle failed", self.name)
                 if not self._wake.wait(timeout=self.idle_release_s if self._batch.cache.data is not None else None):
                     self._batch.cache.release()  # idle for a while: give the KV slots back
         for seq in admitted:

@@ -2,9 +2,13 @@
 
 Every resident model holds a reservation in an exact byte ledger (predicted weights + a KV
 reserve) taken before its load starts, so concurrent loads can never overshoot the budget; on a
-GPU the device's real free memory (NVML, all processes) must also cover it. A load that needs
-room evicts idle models chosen by the eviction policy (never one with requests in flight); an
-evicted model stays warm in host memory while the host tier has room, else it is cold (disk).
+GPU the device's real free memory (NVML, all processes) must also cover it, less what loads in
+progress reserved but have not allocated yet. A load that needs room evicts idle models chosen
+by the eviction policy: none with requests in flight, none whose engine is mid-step (a cancelled
+request's step runs to its end), no draft lent to a step still running. An evicted model's engine
+is closed and its device memory given back in a thread (the event loop keeps serving), and the
+load that evicted it waits for that before it allocates; it stays warm in host memory while the
+host tier has room, else it is cold (disk).
 One load per model at a time; loads of different models overlap; a request that cannot get its
 model within `load_timeout_s` gets PoolOverloaded (503 + Retry-After), not a hang.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import time
@@ -38,6 +43,7 @@ from workers.types import (
 log = logging.getLogger(__name__)
 GIB = 1024**3
 _side_loads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="side-load")
+_retirements = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="evict")
 
 
 @dataclass
@@ -50,9 +56,9 @@ class Resident:
     load_seconds: float
 
 
-def _default_capacity(device: str, nvml) -> int:
-    if nvml is not None:
-        return nvml.total()
+def _default_capacity(device: str, nvml, gpu_share: float) -> int:
+    if nvml is not None:  # a replica given a fraction of the GPU (num_gpus 0.5) may hold that share of it
+        return int(nvml.total() * min(1.0, gpu_share))
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
@@ -73,6 +79,8 @@ class ModelPool:
         eviction: str = "gdsf",
         kv_reserve_tokens: int = 2048,
         prefix_cache_bytes: int = 64 * 1024 * 1024,
+        gpu_share: float = 1.0,
+        device_memory=None,
     ):
         from workers.weights import HostTier
 
@@ -85,8 +93,8 @@ class ModelPool:
         self.torch_threads = torch_threads
         self.kv_reserve_tokens = kv_reserve_tokens
         self.prefix_cache_bytes = prefix_cache_bytes
-        self.nvml = nvml_memory(device)
-        self.ledger = ByteLedger(device_budget_bytes or _default_capacity(device, self.nvml))
+        self.nvml = device_memory if device_memory is not None else nvml_memory(device)
+        self.ledger = ByteLedger(device_budget_bytes or _default_capacity(device, self.nvml, gpu_share))
         self.host = HostTier(host_budget_bytes, pin=device.startswith("cuda"))
         self.policy = make_policy(eviction)
         self._resident: dict[str, Resident] = {}
@@ -99,6 +107,9 @@ class ModelPool:
         self._draft_checks: dict[tuple[str, str], bool] = {}  # (model, draft) -> same tokenizer
         self._warned: set[tuple] = set()
         self._room = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # where loads wait for room
+        self._borrowers: dict[str, set[str]] = {}  # draft -> models whose sequences it was lent to
+        self._retiring: dict[str, concurrent.futures.Future] = {}  # evicted, device memory not yet freed
         self.loads = {"cold": 0, "warm": 0}
         self.load_seconds = {"cold": 0.0, "warm": 0.0}
         self.loaded_bytes = {"cold": 0, "warm": 0}
@@ -173,9 +184,11 @@ class ModelPool:
             resident = await self._resident_model(model)
             self.policy.touch(model, resident.reserved, resident.load_seconds)
             draft = self._draft_for(model, req)
-            async for chunk in resident.engine.generate(req, draft=draft.engine.model if draft else None):
-                chunk.replica = self.replica_id
-                yield chunk
+            # closed with this stream, not when collected: the engine drops the sequence at its next step
+            async with contextlib.aclosing(resident.engine.generate(req, draft=draft.engine.model if draft else None)) as chunks:
+                async for chunk in chunks:
+                    chunk.replica = self.replica_id
+                    yield chunk
         finally:
             self._in_flight[model] -= 1
             if draft is not None:
@@ -202,6 +215,8 @@ class ModelPool:
         if not self._drafts_compatible(model, name):
             return None
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
+        # the draft's weights run inside `model`'s steps, which may outlast this stream
+        self._borrowers.setdefault(name, set()).add(model)
         self.policy.touch(name, draft.reserved, draft.load_seconds)
         return draft
 
@@ -253,6 +268,7 @@ class ModelPool:
             raise ModelLoadFailed(
                 f"model '{model}' needs {predicted.total / GIB:.2f} GiB (weights + KV reserve) but the replica's "
                 f"device budget is {self.ledger.capacity / GIB:.2f} GiB", model=model)
+        self._loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.load_timeout_s
         while not self._try_reserve(model, predicted.total):
             remaining = deadline - time.monotonic()
@@ -265,6 +281,9 @@ class ModelPool:
             except asyncio.TimeoutError:
                 pass
         try:
+            leaving = [asyncio.wrap_future(f) for f in list(self._retiring.values())]  # list: atomic copy
+            if leaving:  # the evicted models' device memory is given back before this load takes it
+                await asyncio.gather(*leaving, return_exceptions=True)
             resident = await asyncio.to_thread(self._materialize, model, predicted)
         except Exception as exc:
             self.ledger.release(model)
@@ -279,37 +298,95 @@ class ModelPool:
         return resident
 
     def _try_reserve(self, model: str, nbytes: int) -> bool:
-        """Reserve `nbytes` for `model`, evicting idle models if that makes it fit. Runs without
-        awaiting, so check-evict-reserve is atomic on the event loop."""
-        idle = [n for n in self._resident if not self._in_flight.get(n)]
+        """Reserve `nbytes` for `model`, evicting idle models if that makes it fit (in the ledger,
+        in `max_resident`, and on a GPU in the device's real room). Runs without awaiting, so
+        check-evict-reserve is atomic on the event loop."""
+        idle = [n for n in self._resident if self._evictable(n)]
         victims: list[str] = []
-        free = self.ledger.free()
-        count_room = (lambda: True) if self.max_resident is None else (
-            lambda: len(self._resident) - len(victims) + len(self._loading) <= self.max_resident)
-        while (free < nbytes or not count_room()) and idle:
+        freed = 0
+        budget_free = self.ledger.free()
+        # other processes, or our loads still in progress, may hold what the budget would allow
+        device_free = self._device_room() if self.nvml is not None else None
+
+        def fits() -> bool:
+            if self.max_resident is not None and len(self._resident) - len(victims) + len(self._loading) > self.max_resident:
+                return False
+            return budget_free + freed >= nbytes and (device_free is None or device_free + freed >= nbytes)
+
+        while not fits() and idle:
             victim = self.policy.victim(idle)
             idle.remove(victim)
             victims.append(victim)
-            free += self._resident[victim].reserved
-        if free < nbytes or not count_room():
+            freed += self._resident[victim].reserved
+        if not fits():
             return False
-        if self.nvml is not None and self.nvml.free() + sum(self._resident[v].reserved for v in victims) < nbytes:
-            return False  # other processes hold the device memory our budget would allow
         for victim in victims:
             self._evict(victim)
         return self.ledger.reserve(model, nbytes)
 
+    def _evictable(self, model: str) -> bool:
+        """No request of its own in flight, its engine idle (not mid-step), and not a draft lent
+        to a model whose engine is still stepping."""
+        if self._in_flight.get(model) or not self._resident[model].engine.idle:
+            return False
+        borrowers = self._borrowers.get(model)
+        if borrowers:  # a borrower gone idle has dropped its sequences, and with them the draft
+            borrowers -= {b for b in borrowers if b not in self._resident or self._resident[b].engine.idle}
+        return not borrowers
+
+    def _device_room(self) -> int:
+        """The device's free memory (NVML, all processes) less what our ledger holds for loads not
+        yet on the card: reserved, but not in our allocator's bytes (which NVML counts as used)."""
+        not_allocated = max(0, self.ledger.used() - self.nvml.held())
+        return self.nvml.free() - not_allocated
+
     def _evict(self, model: str) -> None:
+        """Take `model` out of service now (its ledger room goes to the load evicting it); close
+        its engine and free its device memory in a thread."""
         resident = self._resident.pop(model)
-        resident.engine.close()
-        self.host.retire(model, resident.engine.model)  # its device memory goes now, its object stays
         self.ledger.release(model)
+        self._borrowers.pop(model, None)
         self.evictions += 1
-        log.info("evicted %s (%d bytes; %s)", model, resident.reserved,
+        self._retiring[model] = done = _retirements.submit(self._retire, model, [resident.engine], resident.reserved)
+        done.add_done_callback(lambda _f: self._retired(model, done))
+
+    def _retire(self, model: str, handed: list, reserved: int) -> None:
+        """Runs in a thread: stop the engine (its scheduler thread joins), keep the model's object
+        as a shell if it has a host copy, and give the device memory back. The engine comes in a
+        list this frame empties: the executor keeps its call's arguments alive until it returns,
+        and every reference must be gone before the allocator's cache is emptied."""
+        engine = handed.pop()
+        try:
+            engine.close()
+            self.host.retire(model, engine.model)  # tensors to meta; the object stays for a warm load
+        except Exception:
+            log.exception("closing evicted %s failed", model)
+        # the last reference: the engine's KV and (cold) weights are freed here. No gc.collect(): a
+        # closed engine holds no cycles (tested), and a full collection holds the GIL, stalling the
+        # event loop for a third of a second in a replica's heap
+        del engine
+        if self.nvml is not None:
+            self.nvml.release_cached()  # else NVML keeps counting the freed blocks as used
+        log.info("evicted %s (%d bytes; %s)", model, reserved,
                  "warm in host memory" if model in self.host else "cold on disk")
+
+    def _retired(self, model: str, done: concurrent.futures.Future) -> None:
+        if self._retiring.get(model) is done:
+            del self._retiring[model]
+        self._wake_loads()  # NVML sees the freed memory now
 
     def _room_changed(self) -> None:
         self._room.set()
+
+    def _wake_loads(self) -> None:
+        """From any thread (an engine gone idle, an eviction done): loads waiting for room retry."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._room_changed)
+        except RuntimeError:  # that loop is closed: no load waits on it
+            pass
 
     def _materialize(self, model: str, predicted: Footprint) -> Resident:
         """Runs in a worker thread: bring the weights to the device and start an engine."""
@@ -341,7 +418,8 @@ class ModelPool:
         # the engine's running batch stays within the KV reserve this model was admitted with
         engine = Engine(model, weights, self._tokenizers[model], device=self.device,
                         max_running=self.max_running_per_model, prefix_cache_bytes=self.prefix_cache_bytes,
-                        kv_budget_bytes=predicted.kv_bytes_per_token * self.kv_reserve_tokens)
+                        kv_budget_bytes=predicted.kv_bytes_per_token * self.kv_reserve_tokens,
+                        on_idle=self._wake_loads)
         self.loads[kind] += 1
         self.load_seconds[kind] += seconds
         self.loaded_bytes[kind] += measured
@@ -363,6 +441,8 @@ class ModelPool:
                 log.warning("warm-up with %s failed: %s", spec.name, exc)
 
     def close(self) -> None:
+        """Stop every engine (joining their threads: call it off the event loop, which it blocks)."""
+        concurrent.futures.wait(list(self._retiring.values()))
         for name in list(self._resident):
             self._resident.pop(name).engine.close()
             self.ledger.release(name)

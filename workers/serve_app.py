@@ -81,7 +81,8 @@ class PoolReplica:
                               torch_threads=options.torch_threads, device_budget_bytes=options.device_budget_bytes,
                               host_budget_bytes=options.host_budget_bytes, eviction=options.eviction,
                               kv_reserve_tokens=options.kv_reserve_tokens,
-                              prefix_cache_bytes=options.prefix_cache_bytes)
+                              prefix_cache_bytes=options.prefix_cache_bytes,
+                              gpu_share=options.num_gpus if options.num_gpus > 0 else 1.0)
         self.pool.warm_up()
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
