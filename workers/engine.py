@@ -172,11 +172,6 @@ class Engine:
         """KV bytes one token of one sequence takes (for sizing budgets)."""
         return self._shape.bytes_per_token
 
-    def has_prefix(self, session_id: str) -> bool:
-        """Whether this engine still holds the KV of the session's latest finished sequence
-        (so routing the session's next request here skips recomputing its history)."""
-        return self._prefix is not None and self._prefix.has_session(session_id)
-
     def clear_prefix_cache(self) -> None:
         if self._prefix is not None:
             self._prefix.clear()
@@ -489,7 +484,7 @@ class Engine:
         seq.finished = True
         if self._prefix is not None and seq.row is not None:
             # filed before the last chunk goes out: whoever sees the end can rely on the reuse
-            self._prefix.insert(seq.kv_tokens(), self._batch.export(seq), seq.req.session_id, seq.req.cache_salt)
+            self._prefix.insert(seq.kv_tokens(), self._batch.export(seq), seq.req.cache_salt)
         self._release(seq)
         seq.emit(seq.output.chunk(delta, finish, len(seq.prompt_ids), seq.generated, seq.gpu_seconds))
         seq.emit(_DONE)

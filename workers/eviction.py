@@ -25,8 +25,6 @@ class EvictionPolicy(Protocol):
 
     def touch(self, model: str, size: int, cost: float) -> None: ...
 
-    def forget(self, model: str) -> None: ...
-
     def victim(self, candidates: list[str]) -> str: ...
 
 
@@ -42,9 +40,6 @@ class LRUPolicy:
         e = self.entries.setdefault(model, Entry(size, cost))
         e.size, e.cost, e.last_used = size, cost, self._clock
         e.frequency += 1
-
-    def forget(self, model: str) -> None:
-        self.entries.pop(model, None)
 
     def victim(self, candidates: list[str]) -> str:
         return min(candidates, key=lambda m: self.entries[m].last_used if m in self.entries else -1)

@@ -15,14 +15,14 @@ Every entry carries a salt (the gateway gives each team's requests the team's id
 `cache_salt`): the chain starts from the salt and a match needs the same salt, so one team's
 prompts never reuse, or time the presence of, another team's KV.
 
-Thread-safe: the scheduler thread inserts and looks up; the pool asks `has_session` from others.
+Thread-safe: the scheduler thread inserts and looks up; routing asks `match_length` from others.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -33,7 +33,6 @@ class _Entry:
     kv: torch.Tensor  # [layers, 2, heads, len(tokens), head_dim]
     hashes: list[int]
     salt: str | None = None
-    sessions: set[str] = field(default_factory=set)
 
     @property
     def nbytes(self) -> int:
@@ -49,7 +48,6 @@ class PrefixCache:
         self.nbytes = 0
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # id -> entry, LRU first
         self._by_hash: dict[int, dict[int, None]] = {}  # block hash -> ids of entries holding it (ordered)
-        self._by_session: dict[str, int] = {}  # session id -> id of its latest entry
         self._next_id = 0
         self._lock = threading.Lock()
 
@@ -75,13 +73,7 @@ class PrefixCache:
             found = self._find(tokens, len(tokens), salt)
             return 0 if found is None else found[1]
 
-    def has_session(self, session_id: str) -> bool:
-        """Whether the latest sequence of this session still has its KV here."""
-        with self._lock:
-            return session_id in self._by_session
-
-    def insert(self, tokens: list[int], kv: torch.Tensor, session_id: str | None = None,
-               salt: str | None = None) -> None:
+    def insert(self, tokens: list[int], kv: torch.Tensor, salt: str | None = None) -> None:
         """File a finished sequence's KV under `salt`. Entries it extends (same salt, their tokens
         a prefix of these) are dropped: the new one serves every prompt they could."""
         if len(tokens) < self.block or self.max_bytes <= 0:
@@ -91,17 +83,12 @@ class PrefixCache:
             return
         with self._lock:
             for old_id in self._covered_by(entry):
-                entry.sessions |= self._entries[old_id].sessions
                 self._drop(old_id)
-            if session_id is not None:
-                entry.sessions.add(session_id)
             entry_id = self._next_id
             self._next_id += 1
             self._entries[entry_id] = entry
             for h in entry.hashes:
                 self._by_hash.setdefault(h, {})[entry_id] = None
-            for s in entry.sessions:
-                self._by_session[s] = entry_id
             self.nbytes += entry.nbytes
             while self.nbytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))
@@ -151,9 +138,6 @@ class PrefixCache:
                 holders.pop(entry_id, None)
                 if not holders:
                     del self._by_hash[h]
-        for s in entry.sessions:
-            if self._by_session.get(s) == entry_id:
-                del self._by_session[s]
 
 
 def _common_prefix(a: list[int], b: list[int], start: int, limit: int) -> int:

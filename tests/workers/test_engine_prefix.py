@@ -46,14 +46,13 @@ def test_an_agent_chain_reuses_its_history_and_answers_as_from_scratch(engines):
         hits.append(reuse.prefix_hit_tokens - before)
         assert got == answer(scratch, **req)
         assert got == reference(reuse, GenerationRequest("r", messages=list(messages)), 20)
-        assert reuse.has_prefix("agent-1")
         messages.append({"role": "assistant", "content": got})
     assert hits[0] == 0
     # each later step reuses at least the previous prompt (its answer may retokenize differently)
     prompt_lengths = [len(reuse.encode(GenerationRequest("r", messages=messages[: 2 + 2 * i]))) for i in range(4)]
     for step in range(1, 4):
         assert hits[step] >= prompt_lengths[step - 1] - 1
-    assert scratch.prefix_hit_tokens == 0 and not scratch.has_prefix("agent-1")
+    assert scratch.prefix_hit_tokens == 0
 
 
 def test_a_shared_prefix_that_diverges_mid_prompt(engines):

@@ -37,23 +37,21 @@ def test_limit_caps_the_match():
 def test_an_entry_that_extends_another_replaces_it():
     cache = PrefixCache(max_bytes=1 << 20, block=4)
     first = list(range(8))
-    cache.insert(first, kv(8), session_id="s")
+    cache.insert(first, kv(8))
     cache.insert(first + [50, 51, 52, 53, 54], kv(13))
     assert len(cache) == 1 and cache.nbytes == nbytes(13)
-    assert cache.has_session("s")  # the session's history is still held, by the longer entry
     assert cache.lookup(first + [9])[0] == 8
 
 
 def test_least_recently_used_entries_go_first_when_over_budget():
     cache = PrefixCache(max_bytes=2 * nbytes(8), block=4)
     a, b, c = [list(range(s, s + 8)) for s in (0, 100, 200)]
-    cache.insert(a, kv(8), session_id="a")
-    cache.insert(b, kv(8), session_id="b")
+    cache.insert(a, kv(8))
+    cache.insert(b, kv(8))
     assert cache.lookup(a + [1])[0] == 8  # touch a: b is now the oldest
     cache.insert(c, kv(8))
     assert cache.match_length(a) == 8 and cache.match_length(c) == 8
     assert cache.match_length(b) == 0
-    assert cache.has_session("a") and not cache.has_session("b")
     assert cache.nbytes == 2 * nbytes(8)
 
 
