@@ -59,6 +59,7 @@ class RoutedNote:
     router: object  # the PolicyRouter that decided (its classifier featurises the request)
     store_text: bool  # the team stores prompts
     shadow: bool  # sampled for shadow evaluation
+    routed_features: object = None  # the RequestFeatures the router decided on, when it hands them over
 
     @property
     def keep_answer(self) -> bool:
@@ -74,22 +75,30 @@ class RoutedNote:
         return (self.small if tier == "large" else self.large)[0]
 
     def features(self):
-        """The RequestFeatures routing reads (the router's own features when it offers them)."""
-        own = getattr(self.router, "request_features", None)
-        if own is not None:
-            return own(self.team, messages=self.request.messages, prompt=self.request.prompt)
+        """The RequestFeatures routing read: the decision's own (an adaptive route hands them over,
+        embedding included), else the route's classifier's, computed now (after the answer)."""
+        if self.routed_features is not None:
+            return self.routed_features
         return self.router.classifier.features(messages=self.request.messages, prompt=self.request.prompt)
 
 
 class RoutedRecorder:
-    """Notes `auto` requests at routing time and records them after their answer (a completion hook)."""
+    """Notes `auto` requests at routing time and records them after their answer (a completion
+    hook). Records are written in batches (one store transaction or pipeline every
+    ``FLUSH_EVERY_S``), off the request path and cheaper per request than one write each."""
+
+    FLUSH_EVERY_S = 0.05
+    MAX_BATCH = 512
 
     def __init__(self, store: Store, router, store_prompts: frozenset[str], shadow=None):
         self.store = store
         self.router = router
         self.store_prompts = store_prompts
         self.shadow = shadow  # gateway/shadow.ShadowEvaluator or None
-        self._pending: dict[str, asyncio.Task] = {}
+        self._batch: list[tuple] = []  # (trace, note, tier) waiting for the next write
+        self._batch_written: asyncio.Future | None = None  # resolves once the current batch is written
+        self._pending: dict[str, asyncio.Future] = {}  # request id -> its batch's future
+        self._writer: asyncio.Task | None = None
         self.recorded = 0
         self.failed = 0
 
@@ -105,46 +114,74 @@ class RoutedRecorder:
         tiers = router.policy.tiers
         messages = request.messages if request.messages is not None else [{"role": "user", "content": request.prompt}]
         shadow = self.shadow is not None and self.shadow.sampled(request.request_id)
-        return RoutedNote(context.team, route_pair(router.policy, route), tuple(tiers[route.small]),
-                          tuple(tiers[route.large]), messages, request.prompt, request, router,
-                          context.team in self.store_prompts, shadow)
+        return RoutedNote(context.team, getattr(decision, "pair", None) or route_pair(router.policy, route),
+                          tuple(tiers[route.small]), tuple(tiers[route.large]), messages, request.prompt, request,
+                          router, context.team in self.store_prompts, shadow, getattr(decision, "features", None))
 
     def finished(self, trace) -> None:
-        """Completion hook: record in the background (the client is never kept waiting for it)."""
+        """Completion hook: queue the record for the next batch (the client never waits for it)."""
         note = trace.routed
         if note is None or trace.status != "ok":
             return None
         tier = note.tier(trace.decision.model)
         if tier is None:
             return None
-        task = asyncio.ensure_future(self._record(trace, note, tier))
-        self._pending[trace.request_id] = task
-        task.add_done_callback(lambda _: self._pending.pop(trace.request_id, None))
+        if self._batch_written is None:
+            self._batch_written = asyncio.get_running_loop().create_future()
+        self._batch.append((trace, note, tier))
+        self._pending[trace.request_id] = self._batch_written
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_batches())
         return None
 
-    async def _record(self, trace, note: RoutedNote, tier: str) -> None:
-        started = getattr(trace.ticket, "started_wall", None) or time.time()
+    async def _write_batches(self) -> None:
+        while self._batch:
+            await asyncio.sleep(self.FLUSH_EVERY_S)  # let a batch gather
+            batch, self._batch = self._batch[:self.MAX_BATCH], self._batch[self.MAX_BATCH:]
+            written, self._batch_written = self._batch_written, None
+            if self._batch:  # the rest waits for the next batch
+                self._batch_written = asyncio.get_running_loop().create_future()
+                for trace, _, _ in self._batch:
+                    self._pending[trace.request_id] = self._batch_written
+            try:
+                await self._write(batch)
+            finally:
+                for trace, _, _ in batch:
+                    if self._pending.get(trace.request_id) is written:
+                        del self._pending[trace.request_id]
+                written.set_result(None)
+
+    async def _write(self, batch: list[tuple]) -> None:
+        records = []
+        for trace, note, tier in batch:
+            started = getattr(trace.ticket, "started_wall", None) or time.time()
+            try:
+                records.append((RoutedRequest(
+                    trace.request_id, note.team, started, note.pair, tier, trace.decision.model,
+                    encode_features(note.features()),
+                    messages=note.messages if note.store_text else None,
+                    answer=trace.answer if note.store_text else None), note, trace.answer))
+            except ValueError as exc:
+                self.failed += 1
+                log.warning("routed request %s not recorded: %s", trace.request_id, exc)
+            await asyncio.sleep(0)  # featurising takes a while: requests in flight go first between two
         try:
-            request = RoutedRequest(
-                trace.request_id, note.team, started, note.pair, tier, trace.decision.model,
-                encode_features(note.features()),
-                messages=note.messages if note.store_text else None,
-                answer=trace.answer if note.store_text else None)
-            await self.store.record_routed(request)
-        except (StoreError, ValueError) as exc:
-            self.failed += 1
-            log.warning("routed request %s not recorded: %s", trace.request_id, exc)
+            await self.store.record_routed_many([r for r, _, _ in records])
+        except StoreError as exc:
+            self.failed += len(records)
+            log.warning("%d routed requests not recorded: %s", len(records), exc)
             return
-        self.recorded += 1
-        if note.shadow and trace.answer is not None:
-            self.shadow.submit(request, note, trace.answer)
+        self.recorded += len(records)
+        for request, note, answer in records:
+            if note.shadow and answer is not None:
+                self.shadow.submit(request, note, answer)
 
     async def wait_for(self, request_id: str) -> None:
         """Wait until this process's record of ``request_id`` (if it is being written) is in the store."""
-        task = self._pending.get(request_id)
-        if task is not None:
-            await asyncio.wait([task])
+        written = self._pending.get(request_id)
+        if written is not None:
+            await asyncio.shield(written)
 
     async def drain(self) -> None:
-        if self._pending:
-            await asyncio.wait(list(self._pending.values()))
+        if self._writer is not None:
+            await asyncio.wait([self._writer])

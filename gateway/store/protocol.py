@@ -170,6 +170,10 @@ class Store(Protocol):
         Idempotent per request id: False, and nothing changes, if it is already kept."""
         ...
 
+    async def record_routed_many(self, requests: list[RoutedRequest]) -> int:
+        """``record_routed`` for many in one transaction (pipeline); how many were new."""
+        ...
+
     async def routed_request(self, team_id: str, request_id: str) -> RoutedRequest | None:
         """The team's routed request, or None: unknown, or another team's (indistinguishable)."""
         ...

@@ -32,22 +32,32 @@ class RedisOutcomes:
     def _ttl(self) -> int:
         return max(1, int(self.outcome_retention_s))
 
-    def _index(self, pipe, index: str, member: str, score: float) -> None:
-        pipe.zadd(index, {member: score})
+    def _trim(self, pipe, index: str) -> None:
+        """Drop index entries older than the retention (their documents have expired)."""
         pipe.zremrangebyscore(index, "-inf", f"({self._clock() - self.outcome_retention_s!r}")
         pipe.expire(index, self._ttl())
 
     async def record_routed(self, request: RoutedRequest) -> bool:
-        doc = json.dumps(request.to_json_dict())
+        return await self.record_routed_many([request]) == 1
+
+    async def record_routed_many(self, requests: list[RoutedRequest]) -> int:
+        if not requests:
+            return 0
         async with self._errors():
-            if not await self._redis.set(self._k("routed", request.request_id), doc, nx=True, ex=self._ttl()):
-                return False
-            async with self._redis.pipeline(transaction=True) as pipe:
-                self._index(pipe, self._k("routed_index"), request.request_id, request.time)
-                self._index(pipe, self._k("routed_index", "team", request.team_id), request.request_id,
-                                  request.time)
-                await pipe.execute()
-        return True
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for r in requests:
+                    pipe.set(self._k("routed", r.request_id), json.dumps(r.to_json_dict()), nx=True, ex=self._ttl())
+                created = await pipe.execute()
+            new = [r for r, ok in zip(requests, created, strict=True) if ok]
+            if new:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    for r in new:
+                        pipe.zadd(self._k("routed_index"), {r.request_id: r.time})
+                        pipe.zadd(self._k("routed_index", "team", r.team_id), {r.request_id: r.time})
+                    for index in {self._k("routed_index")} | {self._k("routed_index", "team", r.team_id) for r in new}:
+                        self._trim(pipe, index)
+                    await pipe.execute()
+        return len(new)
 
     async def routed_request(self, team_id: str, request_id: str) -> RoutedRequest | None:
         async with self._errors():
@@ -82,7 +92,8 @@ class RedisOutcomes:
         async with self._errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(self._k("outcome", o.request_id, o.source), outcome_to_json(o), ex=self._ttl())
-                self._index(pipe, self._k("outcome_index"), member, o.created_at)
+                pipe.zadd(self._k("outcome_index"), {member: o.created_at})
+                self._trim(pipe, self._k("outcome_index"))
                 await pipe.execute()
 
     async def outcomes(self, start, end, *, team_id: str | None = None, pair: str | None = None,

@@ -34,17 +34,19 @@ class SQLiteOutcomes:
     """Mixed into SQLiteStore."""
 
     async def record_routed(self, request: RoutedRequest) -> bool:
-        messages = None if request.messages is None else json.dumps(request.messages)
+        return await self.record_routed_many([request]) == 1
+
+    async def record_routed_many(self, requests: list[RoutedRequest]) -> int:
+        rows = [(r.request_id, r.team_id, r.time, r.pair, r.routed, r.model, r.features,
+                 None if r.messages is None else json.dumps(r.messages), r.answer, r.other_answer) for r in requests]
 
         def _insert(conn):
             with immediate(conn):
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO routed_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (request.request_id, request.team_id, request.time, request.pair, request.routed,
-                     request.model, request.features, messages, request.answer, request.other_answer))
-            return cursor.rowcount == 1
+                before = conn.total_changes
+                conn.executemany("INSERT OR IGNORE INTO routed_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                return conn.total_changes - before
 
-        return await self._call(_insert)
+        return await self._call(_insert) if rows else 0
 
     async def routed_request(self, team_id: str, request_id: str) -> RoutedRequest | None:
         def _get(conn):

@@ -47,6 +47,16 @@ async def test_a_routed_request_is_kept_once_and_only_its_team_sees_it(backend):
         ("hello", "the large one", "the large one", FEATURES)
 
 
+async def test_routed_requests_are_kept_in_batches_once_each(backend):
+    store = backend.open(clock=FakeClock(T0 + 60))
+    assert await store.record_routed(routed("r0")) is True
+    batch = [routed(f"r{i}", team="beta" if i % 2 else "acme", at=T0 + i) for i in range(5)]
+    assert await store.record_routed_many(batch) == 4  # r0 was kept already
+    assert await store.record_routed_many([]) == 0
+    assert [r.request_id for r in await store.routed_requests(T0, T0 + 10, team_id="beta")] == ["r1", "r3"]
+    assert (await store.routed_request("acme", "r0")).time == T0
+
+
 async def test_routed_requests_are_listed_by_time_and_team(backend):
     store = backend.open(clock=FakeClock(T0 + 60))
     for i, team in enumerate(["acme", "beta", "acme", "acme"]):
