@@ -55,14 +55,16 @@ async def router_status(store: Store, config: MuxgateConfig) -> dict:
     router = _policy_router(config)
     saved = await store.load_router_state()
     document, saved_at = saved if saved is not None else ({"adaptive": {}}, None)
+    states = document.get("adaptive") or {}
     pairs = {}
-    for pair in sorted(set(_pairs(router)) | set(document.get("adaptive") or {})):
-        state = (document.get("adaptive") or {}).get(pair)
-        if state is None:
-            pairs[pair] = {"pair": pair, "labels_seen": 0, "state": "none saved: the shipped classifier alone"}
-            continue
-        pairs[pair] = _restore(router, state).status()
-    return {"saved_at": saved_at, "fitted_at": document.get("fitted_at"), "pairs": pairs}
+    if hasattr(router, "adaptive_status"):  # the policy's own learners, restored as a gateway would
+        router.load_adaptive_state(states)
+        pairs.update(router.adaptive_status())
+    for pair, state in states.items():  # saved for a pair the policy no longer adapts on
+        pairs.setdefault(pair, _restore(router, state).status())
+    for pair in _pairs(router):
+        pairs.setdefault(pair, {"pair": pair, "labels_seen": 0, "state": "not adapted: the shipped classifier alone"})
+    return {"saved_at": saved_at, "fitted_at": document.get("fitted_at"), "pairs": dict(sorted(pairs.items()))}
 
 
 async def router_fit(store: Store, config: MuxgateConfig, out: str | None = None) -> dict:
@@ -70,16 +72,21 @@ async def router_fit(store: Store, config: MuxgateConfig, out: str | None = None
     from policies.adaptive import AdaptiveRouter
 
     router = _policy_router(config)
-    templates = router.adaptive_state() if hasattr(router, "adaptive_state") else {}
+    learners = getattr(router, "adaptive", {})  # the policy's own (fresh) learners give prior and settings
     saved = await store.load_router_state()
     saved_states = (saved[0].get("adaptive") or {}) if saved is not None else {}
     fitted, summary = {}, {}
     for pair, share in _pairs(router).items():
-        template = templates.get(pair) or saved_states.get(pair)
+        learner = learners.get(pair)
+        if learner is not None:
+            target, embedder, knobs = learner.target_large_share, learner.embedder, learner.state()["knobs"]
+        else:
+            template = saved_states.get(pair) or {}
+            target, embedder, knobs = template.get("target_large_share", share), _embedder(template), \
+                template.get("knobs", {})
         outcomes = await store.outcomes(0, time.time() + 1, pair=pair)
-        refit = AdaptiveRouter.fit(router.classifier, outcomes, pair,
-                                   target_large_share=(template or {}).get("target_large_share", share),
-                                   embedder=_embedder(template), **(template or {}).get("knobs", {}))
+        refit = AdaptiveRouter.fit(router.classifier, outcomes, pair, target_large_share=target, embedder=embedder,
+                                   **knobs)
         fitted[pair] = refit.state()
         summary[pair] = {**refit.status(), "outcomes": len(outcomes)}
     document = state_document(fitted, time.time())
