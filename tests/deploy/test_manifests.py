@@ -256,7 +256,7 @@ def test_fractional_gpus_have_an_explicit_device_budget():
                        ("ray/muxgate.yaml", yaml.safe_load((DEPLOY / "ray" / "muxgate.yaml").read_text()))):
         pool = data["pool"]
         if 0 < pool["num_gpus"] < 1:
-            # The default budget is the whole GPU: replicas sharing one would each believe they own it.
+            # The default budget is the replica's share of the card, which leaves no room for CUDA contexts.
             assert pool.get("device_budget_mb"), name
             per_gpu = int(1 / pool["num_gpus"])
             assert per_gpu * pool["device_budget_mb"] <= GPU_MEMORY_MB, f"{name}: more than the GPU holds"
