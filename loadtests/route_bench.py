@@ -1,6 +1,6 @@
 """Latency of the complexity classifier on the request path (featurise + score), one core.
 
-    python -m loadtests.route_bench --json [--requests N] [--seed S] [--weights DIR]
+    python -m loadtests.route_bench --json [--requests N] [--seed S] [--weights DIR] [--adaptive]
 
 Prompts are built from the in-repo routing sample (policies/data/) with lengths drawn
 log-uniformly from 20 to 8,000 characters; a quarter are sent as multi-turn chat ``messages``
@@ -8,6 +8,10 @@ with a system prompt, the rest as a single user message. After a warm-up, each r
 on its own with perf_counter_ns (wall clock) and thread_time_ns (CPU time of this thread, which
 excludes time the core spent on other processes). Prints one JSON line: p50_ms / p99_ms (wall)
 overall and per length bucket, cpu_p50_ms / cpu_p99_ms, counts, seed and the machine's load.
+
+--adaptive times what a route with `adapt` does instead (policies/adaptive.py): the features with
+the static embedding, then ``use_large`` (adapted score, share controller), on a router that has
+learnt from 500 shadow outcomes of the sample.
 """
 
 from __future__ import annotations
@@ -56,6 +60,24 @@ def build_requests(n: int, seed: int) -> list[tuple[int, dict]]:
     return requests
 
 
+def _adaptive_decider(classifier):
+    """``use_large(features)`` of an AdaptiveRouter with the static embedding, after 500 outcomes."""
+    from policies.adaptive import AdaptiveRouter
+    from policies.embedding import StaticEmbedder
+    from policies.outcome import Outcome, encode_features
+
+    router = AdaptiveRouter(classifier, "small->large", target_large_share=0.3, embedder=StaticEmbedder.shipped())
+    for i, ex in enumerate(routing_data.load(routing_data.SAMPLE_DATA_DIR)[:500]):
+        f = router.features(prompt=ex.text.user)
+        router.observe(Outcome(ex.id, "bench", "small->large", "large", ex.small_score, ex.large_score, "replay",
+                               encode_features(f), float(i)))
+
+    def decide(messages=None, prompt=None) -> bool:
+        return router.use_large(router.features(messages=messages, prompt=prompt))
+
+    return decide
+
+
 def _percentiles(ns: np.ndarray) -> dict:
     return {
         "n": int(len(ns)),
@@ -72,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default=None, help="weights directory (default: shipped)")
     parser.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU (default: first allowed)")
+    parser.add_argument("--adaptive", action="store_true", help="time an adaptive route's decision (features + embedding + use_large)")
     args = parser.parse_args(argv)
 
     pinned = None
@@ -82,23 +105,26 @@ def main(argv: list[str] | None = None) -> int:
 
     load_started = time.perf_counter()
     classifier = ComplexityClassifier.load(args.weights)
+    decide = classifier.score
+    if args.adaptive:
+        decide = _adaptive_decider(classifier)
     load_ms = (time.perf_counter() - load_started) * 1e3
     requests = build_requests(args.requests + args.warmup, args.seed)
     for _, kwargs in requests[: args.warmup]:
-        classifier.score(**kwargs)
+        decide(**kwargs)
 
     lengths, elapsed, cpu = [], [], []
     for length, kwargs in requests[args.warmup :]:
         c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-        score = classifier.score(**kwargs)
+        score = decide(**kwargs)
         elapsed.append(time.perf_counter_ns() - t0)
         cpu.append(time.thread_time_ns() - c0)
         lengths.append(length)
-        assert 0.0 <= score <= 1.0
+        assert isinstance(score, bool) or 0.0 <= score <= 1.0
     lengths_a, ns, cpu_ns = np.array(lengths), np.array(elapsed, dtype=np.float64), np.array(cpu, dtype=np.float64)
 
     result = {
-        "bench": "route_classifier_latency",
+        "bench": "route_adaptive_latency" if args.adaptive else "route_classifier_latency",
         "seed": args.seed,
         "requests": len(ns),
         "warmup": args.warmup,

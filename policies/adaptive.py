@@ -58,12 +58,13 @@ class AdaptKnobs:
     noise_sd: float = 0.45  # per-score noise: scores are mostly 0/1 judgements of one answer
     gain_intercept_sd: float = 0.15
     base_sd: float = 0.5  # how far the shipped score's coefficient may move from 1
-    dense_sd: float = 0.03  # per standardised dense feature
-    embedding_sd: float = 0.06  # per embedding dimension (unit variance after embedding.py)
+    dense_sd: float = 0.06  # per standardised dense feature
+    embedding_sd: float = 0.03  # per embedding dimension (unit variance after embedding.py)
     mean_sd: float = 0.5  # the average-score part m(x), which routing does not use directly
     window: int = 1000  # requests the share controller looks back on
     min_window: int = 50  # below this many, the shipped calibration gives the threshold
-    refresh_every: int = 32  # decisions between threshold refreshes
+    refresh_every: int = 8  # decisions between threshold refreshes
+    share_gain: float = 10.0  # how hard the controller pays back the window's miss (10: within 2 points at 30% over 500)
     explore: float = 0.0  # share of decisions made at random (needed to learn from feedback)
     ipw: bool = True
     max_weight: float = 20.0  # inverse-propensity weights are clipped to this
@@ -82,12 +83,11 @@ class AdaptiveRouter:
         self.knobs = replace(AdaptKnobs(), **knobs)
         self.n_dense = len(base.params.dense_mean)
         self.n_embedding = 0 if embedder is None else int(embedder.dim)
-        self.dim = 2 + self.n_dense + self.n_embedding
         k = self.knobs
-        sd_g = np.concatenate([[k.gain_intercept_sd, k.base_sd], np.full(self.n_dense, k.dense_sd),
-                               np.full(self.n_embedding, k.embedding_sd)])
-        sd_m = np.concatenate([[k.mean_sd, k.dense_sd], np.full(self.n_dense, k.dense_sd),
-                               np.full(self.n_embedding, k.embedding_sd)])
+        self.dim = 2 + self.n_dense + self.n_embedding
+        residual_sd = np.concatenate([np.full(self.n_dense, k.dense_sd), np.full(self.n_embedding, k.embedding_sd)])
+        sd_g = np.concatenate([[k.gain_intercept_sd, k.base_sd], residual_sd])
+        sd_m = np.concatenate([[k.mean_sd, k.dense_sd], residual_sd])
         self._prior_mean = np.zeros(2 * self.dim)
         self._prior_mean[1] = 1.0  # w_g: the shipped gain
         self._prior_mean[self.dim] = 0.5  # w_m: an average score of one half
@@ -122,9 +122,11 @@ class AdaptiveRouter:
             out[2 + self.n_dense :] = features.embedding
         return out
 
+    def _rank_phi(self, phi: np.ndarray) -> float:
+        return 0.5 * (1.0 + float(phi @ self._mean[: self.dim]))
+
     def _score_phi(self, phi: np.ndarray) -> float:
-        gain = float(phi @ self._mean[: self.dim])
-        return min(1.0, max(0.0, 0.5 * (1.0 + gain)))
+        return min(1.0, max(0.0, self._rank_phi(phi)))
 
     def score(self, features: RequestFeatures) -> float:
         """Adapted P(large needed) in [0, 1]: (1 + expected gain of the large tier) / 2."""
@@ -132,11 +134,18 @@ class AdaptiveRouter:
         with self._lock:
             return self._score_phi(phi)
 
+    def rank(self, features: RequestFeatures) -> float:
+        """``score`` before it is clipped to [0, 1]: what ``use_large`` compares with the threshold,
+        so that requests whose expected gain is beyond +-1 keep their order instead of tying."""
+        phi = self.phi(features)
+        with self._lock:
+            return self._rank_phi(phi)
+
     def use_large(self, features: RequestFeatures) -> bool:
         """Whether this request goes to the large tier (and remember it for the share controller)."""
         phi = self.phi(features)
         with self._lock:
-            score = self._score_phi(phi)
+            score = self._rank_phi(phi)
             explore = self.knobs.explore
             if explore and self._rng.random() < explore:
                 large = bool(self._rng.random() < self._share_target())
@@ -147,7 +156,7 @@ class AdaptiveRouter:
             return large
 
     def threshold(self) -> float:
-        """The score at or above which requests go large now."""
+        """The ``rank`` at or above which requests go large now."""
         with self._lock:
             return self._threshold if self._threshold is not None else self._calibrated_threshold()
 
@@ -171,9 +180,13 @@ class AdaptiveRouter:
             self._threshold = self._calibrated_threshold()
             return
         window = np.asarray(self._recent_phi)
-        scores = np.clip(0.5 * (1.0 + window @ self._mean[: self.dim]), 0.0, 1.0)
-        # The (1 - target) quantile: exactly the target share of the window scores at or above it.
-        self._threshold = float(np.quantile(scores, 1.0 - self.target_large_share, method="higher"))
+        scores = 0.5 * (1.0 + window @ self._mean[: self.dim])
+        # The (1 - share) quantile of the window's scores under the current model, where share is
+        # the target plus the window's deficit: new requests alone would miss the target by the
+        # sampling noise of a window (about 2 points at 30% over 500), this pays the miss back.
+        realised = float(np.mean(self._recent_large))
+        share = min(1.0, max(0.0, self.target_large_share + self.knobs.share_gain * (self.target_large_share - realised)))
+        self._threshold = float(np.quantile(scores, 1.0 - share, method="higher")) if share > 0 else float("inf")
 
     # ----- learning
 
@@ -190,7 +203,7 @@ class AdaptiveRouter:
         var = self.knobs.noise_sd ** 2
         zeros = np.zeros(d)
         if small is not None and large is not None:
-            self._evaluated.append((self._score_phi(phi), float(small), float(large)))
+            self._evaluated.append((self._rank_phi(phi), float(small), float(large)))
             # Both scores: the gain (noise 2 var) and the mean (noise var / 2), independent.
             self._update(np.concatenate([phi, zeros]), float(large) - float(small), 2.0 * var)
             self._update(np.concatenate([zeros, phi]), 0.5 * (float(large) + float(small)), 0.5 * var)
@@ -209,7 +222,7 @@ class AdaptiveRouter:
             return 1.0
         k = self.knobs
         threshold = self._threshold if self._threshold is not None else self._calibrated_threshold()
-        above = self._score_phi(phi) >= threshold
+        above = self._rank_phi(phi) >= threshold
         p_large = k.explore * self._share_target() + (1.0 - k.explore) * float(above)
         p = p_large if routed_large else 1.0 - p_large
         return float(min(k.max_weight, 1.0 / max(p, 1.0 / k.max_weight)))
@@ -267,6 +280,9 @@ class AdaptiveRouter:
                 "cov": _pack(self._cov),
                 "labels_seen": dict(self.labels_seen),
                 "recent_large": [int(x) for x in self._recent_large],
+                # the share controller's window, so a restored router keeps its threshold
+                "recent_phi": _pack(np.asarray(self._recent_phi, dtype=np.float64).reshape(-1, self.dim), "<f2"),
+                "threshold": self._threshold,
                 "evaluated": [list(map(float, row)) for row in self._evaluated],
             }
 
@@ -281,6 +297,9 @@ class AdaptiveRouter:
         router._cov = _unpack(state["cov"], (2 * router.dim, 2 * router.dim))
         router.labels_seen.update(state.get("labels_seen", {}))
         router._recent_large.extend(bool(x) for x in state.get("recent_large", ()))
+        if state.get("recent_phi"):
+            router._recent_phi.extend(_unpack(state["recent_phi"], (-1, router.dim), "<f2").astype(np.float64))
+        router._threshold = state.get("threshold")
         router._evaluated.extend(tuple(row) for row in state.get("evaluated", ()))
         return router
 
@@ -300,12 +319,12 @@ def _base_id(base) -> str:
     return str(meta.get("trained_at") or meta.get("data") or "")
 
 
-def _pack(array: np.ndarray) -> str:
-    return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype="<f8").tobytes())).decode("ascii")
+def _pack(array: np.ndarray, dtype: str = "<f8") -> str:
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype=dtype).tobytes())).decode("ascii")
 
 
-def _unpack(text: str, shape: tuple[int, ...]) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<f8").reshape(shape).copy()
+def _unpack(text: str, shape: tuple[int, ...], dtype: str = "<f8") -> np.ndarray:
+    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=dtype).reshape(shape).astype(np.float64)
 
 
 def _apgr_with_interval(rows: np.ndarray, seed: int, resamples: int = 200) -> tuple[float | None, list | None]:

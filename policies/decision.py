@@ -14,6 +14,10 @@ class RoutingDecision:
     # speculative decoding opted in by the route: served model -> draft model, tokens per step
     drafts: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     draft_tokens: int = 0
+    # set when an adaptive router decided (policies/adaptive.py): the route's model pair and the
+    # request's features, which an outcome of this request must carry (policies/outcome.py)
+    pair: str | None = None
+    features: object = field(default=None, compare=False, repr=False)
 
     def draft_for(self, model: str) -> str | None:
         return next((d for m, d in self.drafts if m == model), None)

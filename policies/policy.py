@@ -41,6 +41,17 @@ class SpeculativePolicy(Strict):
         return self
 
 
+class AdaptPolicy(Strict):
+    explore: float = Field(
+        0.0, ge=0, le=0.5, description="Share of this route's classifier decisions made at random (at the route's "
+        "`large_share`), so that feedback, which scores only the model that answered, also shows how the other tier "
+        "does on each kind of request. Not needed when shadow evaluation scores both tiers.")
+    embedding: bool = Field(
+        True, description="Also learn on a static sentence embedding of the prompt (policies/embedding.py, "
+        "all-MiniLM-L6-v2 distilled into a word table): labels carry further across topics.")
+    window: int = Field(1000, ge=50, le=100_000, description="Requests over which `large_share` is held on target.")
+
+
 class RoutePolicy(Strict):
     strategy: Literal["classifier", "fixed"] = Field(
         "classifier", description="`classifier`: the complexity classifier picks small or large; `fixed`: always `model`.")
@@ -71,15 +82,31 @@ class RoutePolicy(Strict):
     structured_tier: str | None = Field(
         None, description="Tier for `auto` requests with a `response_format` (json_object or json_schema), "
         "when `tools_tier` does not apply. Unset: routed like any other.")
+    adapt: AdaptPolicy | bool = Field(
+        False, description="Learn this deployment's own pair from its outcomes (feedback, shadow evaluation): "
+        "`true` or settings. The shipped classifier is the prior; each outcome of the route's pair (its small "
+        "tier's first model -> its large tier's first model) updates a per-pair model of both tiers' scores "
+        "(policies/adaptive.py), and `auto` follows the adapted score with `large_share` held on target over a "
+        "rolling window (±2 points). The rules (tiers, downgrades, affinity) still apply; with strategy "
+        "`classifier` only.")
     speculative: SpeculativePolicy | None = Field(
         None, description="Opt-in speculative decoding for this route's requests (`auto` and explicit models alike): "
         "a small model drafts tokens that the served model verifies several at a time.")
+
+    @property
+    def adaptation(self) -> AdaptPolicy | None:
+        """The adaptation settings, or None when the route does not adapt."""
+        if self.adapt is True:
+            return AdaptPolicy()
+        return self.adapt or None
 
     @model_validator(mode="after")
     def _one_target(self):
         if self.strategy == "fixed":
             if not self.model:
                 raise ValueError("strategy `fixed` needs `model`")
+            if self.adaptation is not None:
+                raise ValueError("`adapt` needs strategy `classifier`: a fixed route has nothing to learn")
             return self
         targets = [t for t in ("large_share", "quality_target", "threshold") if getattr(self, t) is not None]
         if len(targets) > 1:

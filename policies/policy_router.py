@@ -4,7 +4,9 @@ policy when its file changes.
 A decision reads, in order: the route for the team; session affinity (an agent's next step stays
 on the model its session started on); the route's tier for requests with tools or a response
 format, when it names one; the classifier's P(large needed) against the route's
-calibrated threshold; then two downgrades to the small tier: the team is near its budget, or
+calibrated threshold (or, on a route with `adapt`, the adaptive router of the route's model pair:
+the shipped classifier as prior, this deployment's outcomes as evidence, `large_share` held by a
+share controller; policies/adaptive.py); then two downgrades to the small tier: the team is near its budget, or
 the large tier is saturated (queue depth from the pool), which apply to every choice, a
 session's pin and a request kind's tier included. Only models the caller's key may use are
 chosen (`RouteContext.allowed`), fallbacks included. Every step names itself in `reason`.
@@ -22,6 +24,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from policies.decision import RouteContext, RoutingDecision
+from policies.outcome import Outcome, pair_name
 from policies.policy import Policy, PolicyError, RoutePolicy, load_policy
 from policies.router import AUTO
 
@@ -50,7 +53,7 @@ class PolicyRouter:
     """One loaded policy; immutable apart from the session-affinity table."""
 
     def __init__(self, policy: Policy, served: set[str], classifier=None, signals: RouteSignals | None = None,
-                 sessions: OrderedDict | None = None):
+                 sessions: OrderedDict | None = None, adaptive: dict | None = None):
         self.policy = policy
         self.served = served
         self.signals = signals or NoSignals()
@@ -61,6 +64,85 @@ class PolicyRouter:
         self.classifier = classifier
         self.thresholds = {name: self._threshold(route) for name, route in policy.routes.items()}
         self._sessions: OrderedDict[str, tuple[str, float]] = sessions if sessions is not None else OrderedDict()
+        # model pair -> AdaptiveRouter, for the routes with `adapt` (``adaptive``: a previous
+        # router's learners, kept across a policy reload where they still fit)
+        self.adaptive = self._adaptive_routers(adaptive or {})
+
+    def pair_of(self, route: RoutePolicy) -> str:
+        """The route's model pair: its small tier's first model -> its large tier's first model."""
+        return pair_name(self.policy.tiers[route.small][0], self.policy.tiers[route.large][0])
+
+    def _adaptive_routers(self, previous: dict) -> dict:
+        from policies.adaptive import AdaptiveRouter
+
+        out: dict = {}
+        for route in self.policy.routes.values():
+            settings = route.adaptation if route.strategy == "classifier" else None
+            if settings is None or self.pair_of(route) in out:  # routes of one pair share its learner
+                continue
+            pair = self.pair_of(route)
+            embedder = None
+            if settings.embedding:
+                from policies.embedding import StaticEmbedder
+
+                embedder = StaticEmbedder.shipped()
+            fresh = AdaptiveRouter(self.classifier, pair, route.large_share, embedder=embedder,
+                                   explore=settings.explore, window=settings.window)
+            old = previous.get(pair)
+            if old is not None and old.base is self.classifier and old.dim == fresh.dim and (
+                    old.target_large_share, old.knobs) == (fresh.target_large_share, fresh.knobs):
+                fresh = old  # same prior, same settings: keep learning where it was
+            elif old is not None:
+                fresh = self._restored(fresh, old.state())
+            out[pair] = fresh
+        return out
+
+    def _restored(self, current, state: dict):
+        """``state``'s evidence in a learner with ``current``'s prior and settings (a reload that
+        changed them, or a state saved by another gateway); ``current`` itself when it does not fit."""
+        from policies.adaptive import AdaptiveRouter
+
+        knobs = {**state.get("knobs", {}), "explore": current.knobs.explore, "window": current.knobs.window}
+        try:
+            return AdaptiveRouter.from_state(self.classifier, {**state, "knobs": knobs,
+                                             "target_large_share": current.target_large_share},
+                                             embedder=current.embedder)
+        except (ValueError, KeyError) as exc:
+            log.warning("adaptive router of %s: saved state not used (%s); it starts from the prior", current.pair, exc)
+            return current
+
+    # ----- the learning interface: the gateway feeds outcomes and keeps the state in the store
+
+    def observe(self, outcome: Outcome) -> bool:
+        """Learn from one outcome; False when no route of this policy adapts on its pair."""
+        learner = self.adaptive.get(outcome.pair)
+        if learner is None:
+            return False
+        learner.observe(outcome)
+        return True
+
+    def adaptive_state(self) -> dict[str, dict]:
+        """pair -> AdaptiveRouter.state() (JSON-serialisable), for the store."""
+        return {pair: learner.state() for pair, learner in self.adaptive.items()}
+
+    def load_adaptive_state(self, states: dict[str, dict]) -> None:
+        """Restore learners saved by ``adaptive_state`` (by any gateway). Pairs this policy does not
+        adapt on are skipped; the policy's current share target and settings win over the saved ones."""
+        for pair, state in states.items():
+            if pair in self.adaptive:
+                self.adaptive[pair] = self._restored(self.adaptive[pair], state)
+
+    def adaptive_status(self) -> dict[str, dict]:
+        return {pair: learner.status() for pair, learner in self.adaptive.items()}
+
+    def request_features(self, team: str | None, messages=None, prompt: str | None = None):
+        """The features an outcome of this team's request carries: its route's learner's (with the
+        embedding when it reads one), else the classifier's."""
+        _, route = self.route_for(team)
+        learner = self.adaptive.get(self.pair_of(route)) if route.strategy == "classifier" else None
+        if learner is not None:
+            return learner.features(messages=messages, prompt=prompt)
+        return self.classifier.features(messages=messages, prompt=prompt)
 
     def _threshold(self, route: RoutePolicy) -> float | None:
         if route.strategy != "classifier":
@@ -96,13 +178,21 @@ class PolicyRouter:
             model = self._allowed(context, [route.model, *route.fallbacks])
             return None if model is None else RoutingDecision(model, f"route:{name}:fixed", None,
                                                              self._fallbacks(route, model, context))
-        score = None
+        score = features = pair = None
         pinned = self._session_model(context.session_id) if route.session_affinity and context.session_id else None
         signal = self._request_kind_tier(route, context)
         if pinned is not None and (context.allowed is None or pinned in context.allowed):
             model, why = pinned, "session_affinity"
         elif signal is not None:
             tier, why = signal
+            model = self._in_tier(tier, context)
+        elif route.adaptation is not None:
+            pair = self.pair_of(route)
+            learner = self.adaptive[pair]
+            features = learner.features(messages=context.messages, prompt=context.prompt)
+            large = learner.use_large(features)
+            score = learner.score(features)
+            tier, why = (route.large, "adaptive_large") if large else (route.small, "adaptive_small")
             model = self._in_tier(tier, context)
         else:
             score = self.classifier.score(messages=context.messages, prompt=context.prompt)
@@ -115,7 +205,8 @@ class PolicyRouter:
                 return None
         if route.session_affinity and context.session_id:
             self._remember(context.session_id, model)
-        return RoutingDecision(model, f"route:{name}:{why}", score, self._fallbacks(route, model, context))
+        return RoutingDecision(model, f"route:{name}:{why}", score, self._fallbacks(route, model, context),
+                               pair=pair, features=features)
 
     async def _downgraded(self, route: RoutePolicy, model: str | None, why: str,
                           context: RouteContext) -> tuple[str | None, str]:
@@ -217,7 +308,8 @@ class ReloadingRouter:
         weights = _weights_stamp(policy)
         same = old is None or weights == self._weights
         router = PolicyRouter(policy, self.served, self._classifier if same else None, self.signals,
-                              sessions=old._sessions if old is not None else None)
+                              sessions=old._sessions if old is not None else None,
+                              adaptive=old.adaptive if old is not None else None)
         self._classifier = router.classifier or self._classifier
         self._weights = weights
         return router
