@@ -243,7 +243,7 @@ class ModelPool:
         if task is None:  # single flight: later callers wait on the same load
             task = asyncio.ensure_future(self._load(model))
             self._loading[model] = task
-            task.add_done_callback(lambda _t: self._loading.pop(model, None))
+            task.add_done_callback(lambda t: self._load_done(model, t))
         self._waiting_for_load[model] = self._waiting_for_load.get(model, 0) + 1
         try:
             return await asyncio.wait_for(asyncio.shield(task), self.load_timeout_s)
@@ -254,6 +254,11 @@ class ModelPool:
                 retry_after=max(1.0, min(30.0, self.load_timeout_s / 4)), model=model) from None
         finally:
             self._waiting_for_load[model] -= 1
+
+    def _load_done(self, model: str, task: asyncio.Task) -> None:
+        self._loading.pop(model, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: its waiters got the error, or gave up before it came
 
     # ---- loading and eviction ---------------------------------------------------------------
 
