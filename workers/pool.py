@@ -28,7 +28,7 @@ from workers.checkpoint import read_model_info
 from workers.eviction import make_policy
 from workers.dtypes import default_dtype
 from workers.footprint import Footprint, predict_footprint
-from workers.memory import ByteLedger, nvml_memory
+from workers.memory import ByteLedger, DeviceMemory, nvml_memory
 from workers.types import (
     GenerationChunk,
     GenerationRequest,
@@ -63,7 +63,11 @@ def _default_capacity(device: str, nvml, gpu_share: float) -> int:
 
 
 class ModelPool:
-    """Serves many models from one replica within a device byte budget."""
+    """Serves many models from one replica within a device byte budget.
+
+    `gpu_share`: the fraction of its GPU this replica was given (Ray's num_gpus); without
+    `device_budget_bytes` it budgets that share of the card's total memory.
+    """
 
     def __init__(
         self,
@@ -80,7 +84,7 @@ class ModelPool:
         kv_reserve_tokens: int = 2048,
         prefix_cache_bytes: int = 64 * 1024 * 1024,
         gpu_share: float = 1.0,
-        device_memory=None,
+        device_memory: DeviceMemory | None = None,  # default: NVML on a cuda device (tests pass a fake)
     ):
         from workers.weights import HostTier
 
