@@ -99,6 +99,7 @@ class RoutedRecorder:
         self._batch_written: asyncio.Future | None = None  # resolves once the current batch is written
         self._pending: dict[str, asyncio.Future] = {}  # request id -> its batch's future
         self._writer: asyncio.Task | None = None
+        self._flush_now = asyncio.Event()
         self.recorded = 0
         self.failed = 0
 
@@ -136,7 +137,11 @@ class RoutedRecorder:
 
     async def _write_batches(self) -> None:
         while self._batch:
-            await asyncio.sleep(self.FLUSH_EVERY_S)  # let a batch gather
+            try:  # let a batch gather, unless someone waits for one of its requests (feedback)
+                await asyncio.wait_for(self._flush_now.wait(), self.FLUSH_EVERY_S)
+            except TimeoutError:
+                pass
+            self._flush_now.clear()
             batch, self._batch = self._batch[:self.MAX_BATCH], self._batch[self.MAX_BATCH:]
             written, self._batch_written = self._batch_written, None
             if self._batch:  # the rest waits for the next batch
@@ -180,6 +185,7 @@ class RoutedRecorder:
         """Wait until this process's record of ``request_id`` (if it is being written) is in the store."""
         written = self._pending.get(request_id)
         if written is not None:
+            self._flush_now.set()
             await asyncio.shield(written)
 
     async def drain(self) -> None:
