@@ -118,3 +118,18 @@ def test_explicit_models_are_not_recorded_and_cannot_be_scored(server_and_config
     client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=KEY_ALPHA, max_retries=0, timeout=60)
     answer = client.chat.completions.create(model="mux-2m", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert feedback(server, KEY_ALPHA, {"request_id": answer.id, "score": 1}).status_code == 404
+
+
+def test_feedback_and_records_on_a_shared_redis_store(tmp_path, zoo_dir, start_server, redis_url):
+    import uuid
+
+    config = learning_config(tmp_path, zoo_dir)
+    config["store"] = {"url": f"{redis_url}?prefix=mgtest:{uuid.uuid4().hex[:10]}:", "journal_dir": None}
+    server = start_server(config)
+    answer = ask(server, KEY_BETA, "beta asks about lemurs")
+    assert feedback(server, KEY_BETA, {"request_id": answer.id, "score": 0.5}).status_code == 200
+    assert feedback(server, KEY_ALPHA, {"request_id": answer.id, "score": 0.5}).status_code == 404
+    kept = wait_routed(config, "beta", answer.id.removeprefix("chatcmpl-"))
+    assert kept.messages == [{"role": "user", "content": "beta asks about lemurs"}]
+    rows = stored(config, lambda s: s.outcomes(0, 2**32, team_id="beta"))
+    assert [(o.source, o.routed, o.small_score) for o in rows] == [("feedback", "small", 0.5)]
