@@ -47,6 +47,7 @@ import numpy as np
 from policies import metrics
 from policies.features import RequestFeatures
 from policies.outcome import Outcome, decode_features
+from policies.request_text import from_request
 
 STATE_VERSION = 1
 
@@ -95,8 +96,7 @@ class AdaptiveRouter:
         self._cov = np.diag(np.concatenate([sd_g, sd_m]) ** 2)
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(k.seed)
-        self._recent_phi: deque[np.ndarray] = deque(maxlen=k.window)
-        self._recent_large: deque[bool] = deque(maxlen=k.window)
+        self._recent = _Window(k.window, self.dim)
         self._threshold: float | None = None
         self._since_refresh = 0
         self._evaluated: deque[tuple[float, float, float]] = deque(maxlen=k.eval_window)
@@ -105,11 +105,13 @@ class AdaptiveRouter:
     # ----- features and scores
 
     def features(self, messages=None, prompt: str | None = None) -> RequestFeatures:
-        """The request's features, with the embedding this router reads when it has an embedder."""
-        f = self.base.features(messages=messages, prompt=prompt)
+        """The request's features, with the embedding this router reads when it has an embedder
+        (from the word hashes the featurizer computed anyway: the text is hashed once)."""
+        dense, groups, words = self.base.featurizer.analyse(from_request(messages=messages, prompt=prompt))
+        f = self.base.featurizer.assemble(dense, groups)
         if self.embedder is None:
             return f
-        return replace(f, embedding=self.embedder.embed(messages=messages, prompt=prompt))
+        return replace(f, embedding=self.embedder.embed_words(words))
 
     def phi(self, features: RequestFeatures) -> np.ndarray:
         """The regression's feature vector for one request (see the module docstring)."""
@@ -151,8 +153,7 @@ class AdaptiveRouter:
                 large = bool(self._rng.random() < self._share_target())
             else:
                 large = score >= self._current_threshold(phi)
-            self._recent_phi.append(phi)
-            self._recent_large.append(large)
+            self._recent.append(phi, large)
             return large
 
     def threshold(self) -> float:
@@ -176,15 +177,14 @@ class AdaptiveRouter:
 
     def _refresh_threshold(self) -> None:
         self._since_refresh = 0
-        if self.target_large_share is None or len(self._recent_phi) < self.knobs.min_window:
+        if self.target_large_share is None or len(self._recent) < self.knobs.min_window:
             self._threshold = self._calibrated_threshold()
             return
-        window = np.asarray(self._recent_phi)
-        scores = 0.5 * (1.0 + window @ self._mean[: self.dim])
+        scores = 0.5 * (1.0 + self._recent.phis() @ self._mean[: self.dim])
         # The (1 - share) quantile of the window's scores under the current model, where share is
         # the target plus the window's deficit: new requests alone would miss the target by the
         # sampling noise of a window (about 2 points at 30% over 500), this pays the miss back.
-        realised = float(np.mean(self._recent_large))
+        realised = self._recent.share()
         share = min(1.0, max(0.0, self.target_large_share + self.knobs.share_gain * (self.target_large_share - realised)))
         self._threshold = float(np.quantile(scores, 1.0 - share, method="higher")) if share > 0 else float("inf")
 
@@ -239,14 +239,14 @@ class AdaptiveRouter:
 
     def large_share(self) -> float | None:
         with self._lock:
-            return float(np.mean(self._recent_large)) if self._recent_large else None
+            return self._recent.share() if len(self._recent) else None
 
     def status(self) -> dict:
         """labels_seen, rolling large_share, threshold, and APGR of the adapted scores on shadow rows
         (each scored before the router learnt from it) with a 95% bootstrap interval."""
         with self._lock:
             evaluated = np.asarray(self._evaluated) if self._evaluated else np.zeros((0, 3))
-            share = float(np.mean(self._recent_large)) if self._recent_large else None
+            share = self._recent.share() if len(self._recent) else None
             threshold = self._threshold
             labels = dict(self.labels_seen)
             gain_weights = self._mean[: self.dim]
@@ -257,7 +257,7 @@ class AdaptiveRouter:
             "labels": labels,
             "large_share": None if share is None else round(share, 4),
             "target_large_share": self.target_large_share,
-            "window": len(self._recent_large),
+            "window": len(self._recent),
             "threshold": None if threshold is None else round(threshold, 4),
             "apgr_estimate": estimate,
             "apgr_ci": ci,
@@ -279,9 +279,9 @@ class AdaptiveRouter:
                 "mean": _pack(self._mean),
                 "cov": _pack(self._cov),
                 "labels_seen": dict(self.labels_seen),
-                "recent_large": [int(x) for x in self._recent_large],
+                "recent_large": [int(x) for x in self._recent.decisions()],
                 # the share controller's window, so a restored router keeps its threshold
-                "recent_phi": _pack(np.asarray(self._recent_phi, dtype=np.float64).reshape(-1, self.dim), "<f2"),
+                "recent_phi": _pack(self._recent.phis(ordered=True), "<f2"),
                 "threshold": self._threshold,
                 "evaluated": [list(map(float, row)) for row in self._evaluated],
             }
@@ -296,9 +296,11 @@ class AdaptiveRouter:
         router._mean = _unpack(state["mean"], (2 * router.dim,))
         router._cov = _unpack(state["cov"], (2 * router.dim, 2 * router.dim))
         router.labels_seen.update(state.get("labels_seen", {}))
-        router._recent_large.extend(bool(x) for x in state.get("recent_large", ()))
-        if state.get("recent_phi"):
-            router._recent_phi.extend(_unpack(state["recent_phi"], (-1, router.dim), "<f2").astype(np.float64))
+        decisions = [bool(x) for x in state.get("recent_large", ())]
+        phis = _unpack(state["recent_phi"], (-1, router.dim), "<f2") if state.get("recent_phi") else np.zeros((0, router.dim))
+        if len(phis) == len(decisions):
+            for phi, large in zip(phis, decisions):
+                router._recent.append(phi, large)
         router._threshold = state.get("threshold")
         router._evaluated.extend(tuple(row) for row in state.get("evaluated", ()))
         return router
@@ -312,6 +314,48 @@ class AdaptiveRouter:
             if outcome.pair == pair:
                 router.observe(outcome)
         return router
+
+
+class _Window:
+    """The share controller's last ``size`` decisions and their feature vectors, in a ring (no
+    per-request allocation; the threshold refresh reads them as one matrix)."""
+
+    def __init__(self, size: int, dim: int):
+        self._phi = np.zeros((size, dim))
+        self._large = np.zeros(size, dtype=bool)
+        self._next = 0
+        self._count = 0
+        self._n_large = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def append(self, phi: np.ndarray, large: bool) -> None:
+        i = self._next
+        if self._count == len(self._large):
+            self._n_large -= int(self._large[i])
+        else:
+            self._count += 1
+        self._phi[i] = phi
+        self._large[i] = large
+        self._n_large += int(large)
+        self._next = (i + 1) % len(self._large)
+
+    def share(self) -> float:
+        return self._n_large / self._count if self._count else 0.0
+
+    def _order(self) -> np.ndarray:
+        if self._count < len(self._large):
+            return np.arange(self._count)
+        return (np.arange(self._count) + self._next) % len(self._large)
+
+    def phis(self, ordered: bool = False) -> np.ndarray:
+        if ordered:
+            return self._phi[self._order()]
+        return self._phi[: self._count] if self._count < len(self._large) else self._phi
+
+    def decisions(self) -> np.ndarray:
+        return self._large[self._order()]
 
 
 def _base_id(base) -> str:

@@ -66,10 +66,15 @@ class StaticEmbedder:
         raw = _window(text.user.encode("utf-8", "replace"))
         data = hashing.lower_bytes(raw)
         starts, ends = hashing.word_spans(data)
-        out = np.zeros(self.dim, dtype=np.float32)
         if len(starts) == 0:
+            return np.zeros(self.dim, dtype=np.float32)
+        return self.embed_words(hashing.word_hashes(hashing.prefix_sums(data), starts, ends))
+
+    def embed_words(self, words: np.ndarray) -> np.ndarray:
+        """The embedding of a text given its word hashes (Featurizer.analyse computes them)."""
+        out = np.zeros(self.dim, dtype=np.float32)
+        if len(words) == 0:
             return out
-        words = hashing.word_hashes(hashing.prefix_sums(data), starts, ends)
         idx = np.searchsorted(self.word_hashes, words)
         idx[idx >= len(self.word_hashes)] = 0
         idx = idx[self.word_hashes[idx] == words]

@@ -187,7 +187,11 @@ class Featurizer:
 
     def from_text(self, text: RequestText) -> RequestFeatures:
         """Features of an already extracted ``RequestText``."""
-        dense, groups = self.dense_and_buckets(text)
+        return self.assemble(*self.dense_and_buckets(text))
+
+    @staticmethod
+    def assemble(dense: np.ndarray, groups: list[np.ndarray]) -> RequestFeatures:
+        """RequestFeatures from ``dense_and_buckets`` output."""
         if groups:
             indices = np.concatenate(groups)
             # 1/sqrt(n) per feature type: close to L2 normalisation without counting duplicates.
@@ -203,6 +207,12 @@ class Featurizer:
         Every bucket of a group has the value 1/sqrt(len(group)); the classifier's fast path
         uses that to score without materialising ``RequestFeatures.values``.
         """
+        dense, groups, _ = self.analyse(text)
+        return dense, groups
+
+    def analyse(self, text: RequestText) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """``dense_and_buckets`` plus the word hashes (uint64) of the hashed window, which the
+        static embedding (policies/embedding.py) looks up without hashing the text again."""
         cfg = self.config
         encoded = text.user.encode("utf-8", "replace")
         raw = _window(encoded)
@@ -223,7 +233,7 @@ class Featurizer:
 
         # Counts over the window are scaled up by how much longer the whole prompt is.
         scale = len(encoded) / n_bytes if len(encoded) > len(raw) else 1.0
-        return self._dense(text, raw, words, starts, ends, n_bytes, scale), groups
+        return self._dense(text, raw, words, starts, ends, n_bytes, scale), groups, words
 
     def _dense(self, text, raw, words, starts, ends, n_bytes, scale) -> np.ndarray:
         classes = (np.bincount(raw, minlength=256) @ _BYTE_CLASSES).tolist()
