@@ -11,7 +11,9 @@ and over rolling windows of the route's window (max deviation from the target af
 window), the mean quality of the answers served against random routing at the same share and
 against the per-row oracle, and the router's own status.
 Usage: python -m loadtests.adapt_replay --data ../shared/data/routing/gsm8k.jsonl --json
-       [--rows 3000] [--target 0.3] [--window 500] [--shadow 0.2] [--feedback] [--seed 0]
+       [--rows 3000] [--target 0.3] [--window 500] [--shadow 0.2] [--feedback] [--seed 0] [--shipped]
+--shipped replays the same rows through the shipped classifier alone (its threshold calibrated for
+the target share on the training mix), the system the adaptive route is compared with.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ SMALL, LARGE, JUDGE = "replay-small", "replay-large", "replay-judge"
 
 
 def load_rows(path: str, n: int, seed: int) -> list[dict]:
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
     rows = [r for r in rows if r.get("prompt")]
     random.Random(seed).shuffle(rows)
     return rows[:n]
@@ -69,11 +71,13 @@ class ReplayBackend:
         pass
 
 
-def config(tmp: Path, target: float, window: int, shadow: float, seed: int) -> dict:
+def config(tmp: Path, target: float, window: int, shadow: float, seed: int, adapt: bool = True) -> dict:
     policy = tmp / "routing.yaml"
+    route = {"large_share": target, "budget_downgrade_at": None}
+    if adapt:
+        route["adapt"] = {"window": window}
     policy.write_text(yaml.safe_dump({"version": 1, "tiers": {"small": [SMALL], "large": [LARGE]},
-                                      "routes": {"default": {"large_share": target, "budget_downgrade_at": None,
-                                                             "adapt": {"window": window}}}}))
+                                      "routes": {"default": route}}))
     routing = {"default_model": SMALL, "policy_file": str(policy)}
     if shadow > 0:
         routing["shadow"] = {"share": shadow, "budget": "evals", "judge": {"model": JUDGE}, "seed": seed,
@@ -121,6 +125,8 @@ def main() -> None:
     parser.add_argument("--shadow", type=float, default=0.2)
     parser.add_argument("--feedback", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shipped", action="store_true",
+                        help="the shipped classifier alone (no adapt: its calibrated threshold for the target)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -129,7 +135,7 @@ def main() -> None:
 
     rows = load_rows(args.data, args.rows, args.seed)
     with tempfile.TemporaryDirectory(prefix="mg-replay-") as tmp:
-        cfg = parse_config(config(Path(tmp), args.target, args.window, args.shadow, args.seed))
+        cfg = parse_config(config(Path(tmp), args.target, args.window, args.shadow, args.seed, not args.shipped))
         app = create_app(cfg, ReplayBackend(rows))
         gateway = app.state.gateway
         large, served, small_scores, large_scores = [], [], [], []
@@ -151,18 +157,19 @@ def main() -> None:
                                                       "score": big if is_large else small})
             wall = time.perf_counter() - started
             shadow = gateway.learning.shadow
+            time.sleep(1.0)  # the recorder writes in batches (50 ms); shadow work is submitted after
             deadline = time.time() + 600
             while shadow is not None and time.time() < deadline and shadow.counts["submitted"] > sum(
                     shadow.counts[k] for k in ("evaluated", "refused", "failed", "unjudged")):
                 time.sleep(0.1)  # the last shadow evaluations finish (they run after each answer)
-            status = gateway.router.current.adaptive_status()
+            status = gateway.router.current.adaptive_status() if not args.shipped else {}
             counts = dict(shadow.counts) if shadow is not None else {}
     large_arr = np.asarray(large)
     s, l, q = np.asarray(small_scores), np.asarray(large_scores), np.asarray(served)
     share = float(large_arr.mean())
     out = {
         "bench": "adapt_replay", "data": args.data, "rows": len(rows), "target_large_share": args.target,
-        "window": args.window, "shadow_share": args.shadow, "feedback": args.feedback, "seed": args.seed,
+        "router_kind": "shipped" if args.shipped else "adaptive", "window": args.window, "shadow_share": args.shadow, "feedback": args.feedback, "seed": args.seed,
         "large_share": round(share, 4),
         "large_share_last_window": round(float(large_arr[-args.window:].mean()), 4),
         "max_window_deviation": rolling_max_deviation(large_arr, args.window, args.target),
