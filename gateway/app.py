@@ -34,39 +34,39 @@ log = logging.getLogger("muxgate.gateway")
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (x-request-id on the response) and a start time.
+    """Gives every request an id and a start time (``scope["state"]``). Every route, the
+    inference ones too, then goes through Starlette's router, so a middleware added inside this
+    one sees every request. The id header is put on each response by the handler wrapper
+    (`_endpoint`, `_http_exception`) rather than by wrapping ``send`` here: a wrapper runs on
+    every message of every stream."""
 
-    POST /v1/chat/completions and /v1/completions go from here straight to their handlers, past
-    Starlette's exception middleware, router and per-route wrappers, and their id header is put
-    on the response itself rather than by wrapping ``send``: each layer wraps every message
-    sent, and together they cost more than auth. Anything else goes on to the app with ``send``
-    wrapped; ServerErrorMiddleware still wraps both paths."""
-
-    def __init__(self, app, endpoints: dict | None = None):
+    def __init__(self, app):
         self.app = app
-        self.endpoints = endpoints or {}  # path -> the same endpoint function its Route calls
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        request_id = secrets.token_hex(12)
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        state["started"] = time.perf_counter()
-        endpoint = self.endpoints.get(scope["path"]) if scope["method"] == "POST" else None
-        if endpoint is not None:
-            response = await endpoint(Request(scope, receive, send))
-            response.raw_headers.append((b"x-request-id", request_id.encode()))
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            state = scope.setdefault("state", {})
+            state["request_id"] = secrets.token_hex(12)
+            state["started"] = time.perf_counter()
+        await self.app(scope, receive, send)
 
-        async def send_with_id(message):
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
-            await send(message)
 
-        await self.app(scope, receive, send_with_id)
+def _with_id(response: Response, request_id: str) -> Response:
+    response.raw_headers.append((b"x-request-id", request_id.encode()))
+    return response
+
+
+class _AsgiEndpoint:
+    """An `_endpoint` as a plain ASGI app: its Route then calls it directly, without Starlette's
+    per-route request wrapper and its second exception handler (the endpoint answers every
+    exception itself), which the two inference routes, the gateway's hot path, need not pay."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    async def __call__(self, scope, receive, send):
+        response = await self.endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 class Gateway:
@@ -136,19 +136,20 @@ def _endpoint(handler):
 
     async def endpoint(request: Request) -> Response:
         gw: Gateway = request.app.state.gateway
+        request_id = request.state.request_id
         subjects = ()
         try:
             if "authorization" in request.headers or request.url.path.startswith("/v1/"):
                 subjects = gw.auth_limiter.request_subjects(request)
                 gw.auth_limiter.check(subjects)
-            return await handler(gw, request)
+            return _with_id(await handler(gw, request), request_id)
         except Exception as exc:
             if isinstance(exc, Unauthorized):
                 gw.auth_limiter.record_failure(subjects)
-            response = error_response(exc, request.state.request_id)
+            response = error_response(exc, request_id)
             code = exc.code if isinstance(exc, GatewayError) else getattr(exc, "code", "internal_error")
             gw.metrics.errors.labels(str(response.status_code), str(code)).inc()
-            return response
+            return _with_id(response, request_id)
 
     endpoint.__name__ = handler.__name__
     return endpoint
@@ -229,10 +230,12 @@ async def metrics(gw: Gateway, request: Request) -> Response:
 async def _http_exception(request: Request, exc: HTTPException) -> Response:
     rid = request.scope.get("state", {}).get("request_id", "-")
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."), rid)
-    if exc.status_code == 404:
-        return error_response(NotFound(f"Unknown path {request.url.path}."), rid)
-    return error_response(GatewayError(str(exc.detail)), rid)
+        error = MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.")
+    elif exc.status_code == 404:
+        error = NotFound(f"Unknown path {request.url.path}.")
+    else:
+        error = GatewayError(str(exc.detail))
+    return _with_id(error_response(error, rid), rid)
 
 
 def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, store: Store | None = None) -> Starlette:
@@ -268,9 +271,9 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
             await gateway.tenancy.close()
         await backend.close()
 
-    inference = {"/v1/chat/completions": _endpoint(chat_completions), "/v1/completions": _endpoint(completions)}
     routes = [
-        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in inference.items()),
+        Route("/v1/chat/completions", _AsgiEndpoint(_endpoint(chat_completions)), methods=["POST"]),
+        Route("/v1/completions", _AsgiEndpoint(_endpoint(completions)), methods=["POST"]),
         Route("/v1/models", _endpoint(list_models), methods=["GET"]),
         Route("/v1/feedback", _endpoint(feedback), methods=["POST"]),
         Route("/healthz", _endpoint(healthz), methods=["GET"]),
@@ -282,5 +285,5 @@ def create_app(config: MuxgateConfig, backend: Backend, authenticator=None, stor
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_exception})
     app.state.gateway = gateway
-    app.add_middleware(RequestIdMiddleware, endpoints=inference)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -8,6 +8,9 @@ Each point's time per system is split into `--slices` parts (default 4, at least
 in turn (direct, muxgate, LiteLLM, direct, muxgate, ...), so a shared machine that speeds up or
 slows down during the run shifts every system's numbers alike instead of one system's.
 Usage: python -m loadtests.gateway_overhead --json [--seconds 8] [--slices 4] [--litellm PATH] [--no-litellm] [--floor]
+       [--baseline DIR]
+--baseline DIR also runs the muxgate of another checkout (e.g. `git worktree add /tmp/before HEAD`)
+as `muxgate_baseline`, in the same turns, so a change is measured against what it changes.
 --floor also measures two minimal pass-through proxies between the same load generator and the
 same upstream, as a floor for what any extra hop costs on this machine (off by default; the
 top-level fields stay muxgate's): `proxy_floor`, uvicorn + a raw ASGI app forwarding with a pooled
@@ -289,6 +292,7 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM even where it is installed")
     parser.add_argument("--floor", action="store_true",
                         help="also measure two minimal pass-through proxies (proxy_floor, proxy_raw)")
+    parser.add_argument("--baseline", default=None, help="another checkout whose muxgate runs beside this one")
     parser.add_argument("--rates", default="50,200,500")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--streams", default="8", help="streaming concurrency points; empty for none")
@@ -317,6 +321,15 @@ def main() -> None:
             "direct": (upstream + "/chat/completions", {}),
             "muxgate": (f"http://127.0.0.1:{mg_port}/v1/chat/completions", {"authorization": f"Bearer {KEY}"}),
         }
+        if args.baseline:
+            base_port = free_port()
+            base_tmp = tmp / "baseline"
+            base_tmp.mkdir()
+            procs.append(start([sys.executable, "-m", "gateway.cli", "serve", "--config",
+                                str(muxgate_config(upstream, base_tmp, base_port)), "--no-ray"], cwd=args.baseline))
+            wait_http(f"http://127.0.0.1:{base_port}/healthz")
+            targets["muxgate_baseline"] = (f"http://127.0.0.1:{base_port}/v1/chat/completions",
+                                           {"authorization": f"Bearer {KEY}"})
         if args.floor:
             for kind, name in (("asgi", "proxy_floor"), ("raw", "proxy_raw")):
                 port = free_port()
@@ -358,6 +371,8 @@ def main() -> None:
     for point, r in results.items():
         for q in ("p50_ms", "p99_ms"):
             r[f"muxgate_added_{q}"] = added(point, "muxgate", q)
+            if args.baseline:
+                r[f"muxgate_baseline_added_{q}"] = added(point, "muxgate_baseline", q)
             if args.floor:
                 for name in ("proxy_floor", "proxy_raw"):
                     r[f"{name}_added_{q}"] = added(point, name, q)
@@ -384,6 +399,9 @@ def main() -> None:
         "max_rate_p99_under_100ms": {n: max_rate(n) for n in ("direct", "muxgate", "litellm") if n != "litellm"
                                      or have_litellm},
         "litellm": have_litellm,
+        "baseline": args.baseline,
+        "muxgate_baseline_added_p50_ms_r200": results.get("r200", {}).get("muxgate_baseline_added_p50_ms"),
+        "muxgate_baseline_added_p99_ms_r200": results.get("r200", {}).get("muxgate_baseline_added_p99_ms"),
         "machine": f"{os.cpu_count()} cores",
         "cpu_steal_pct": run_steal,  # per point too: above a few percent, the numbers are the host's
         "points": results,
