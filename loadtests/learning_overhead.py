@@ -1,7 +1,9 @@
 """What recording `auto` requests for the router to learn from costs the gateway (issue 18):
 the same gateway (a classifier route over two models of a fake instant upstream, SQLite store,
 journal on) with the recorder detached (`off`), recording features only (`features`), and
-recording features with the prompt and answer (`text`, a team with store_prompts), side by side.
+recording features with the prompt and answer (`text`, a team with store_prompts), side by side;
+with `--adaptive`, also an adaptive route (`adapt: true`: its decision hands its features over,
+so the recorder featurises nothing) with the recorder detached (`adaptive_off`) and recording.
 
 The recorder's work is a note at routing time and, after the answer, featurising the request and
 one store write in the background: nothing new is awaited before the answer, so it shows as
@@ -9,7 +11,7 @@ server CPU per request more than as latency. Each system is its own `muxgate`-eq
 (uvicorn, in-process backend); load points are closed-loop concurrency 1 and 8 and an open-loop
 rate, each split into slices taken in turn (off, features, text, off, ...). Reports p50/p99 per
 system and point, the server's CPU microseconds per request, and ratios against `off`.
-Usage: python -m loadtests.learning_overhead --json [--seconds 6] [--slices 3] [--rate 200]
+Usage: python -m loadtests.learning_overhead --json [--seconds 6] [--slices 3] [--rate 200] [--adaptive]
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ PROMPT = ("Our quarterly report shows revenue up 12% but margins down. Explain i
           "this and which figure the board should look at first.")
 BODY = {"model": "auto", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 6}
 SYSTEMS = ("off", "features", "text")
+ADAPTIVE_SYSTEMS = ("adaptive_off", "adaptive")
 
 
 def config_for(system: str, upstream_url: str, tmp: Path, port: int) -> Path:
     policy = tmp / f"routing-{system}.yaml"
+    route = {"large_share": 0.3, "adapt": True} if system.startswith("adaptive") else {"threshold": 0.5}
     policy.write_text(yaml.safe_dump({"version": 1, "tiers": {"small": ["fake-s"], "large": ["fake-l"]},
-                                      "routes": {"default": {"threshold": 0.5}}}))
+                                      "routes": {"default": route}}))
     config = {
         "version": 1,
         "server": {"host": "127.0.0.1", "port": port},
@@ -107,11 +111,12 @@ async def measure(targets: dict, seconds: float, slices: int, rate: float) -> di
                 point[name] = {**go.summarize(latencies[name], errors[name]),
                                "cpu_us_per_request": round(1e6 * cpu[name] / max(1, len(latencies[name])), 1)}
             for name in targets:
-                if name != "off" and point["off"]["p50_ms"] and point[name]["p50_ms"]:
-                    point[name]["p50_ratio"] = round(point[name]["p50_ms"] / point["off"]["p50_ms"], 3)
-                    point[name]["p99_ratio"] = round(point[name]["p99_ms"] / point["off"]["p99_ms"], 3)
+                base = "adaptive_off" if name.startswith("adaptive") else "off"
+                if name != base and point[base]["p50_ms"] and point[name]["p50_ms"]:
+                    point[name]["p50_ratio"] = round(point[name]["p50_ms"] / point[base]["p50_ms"], 3)
+                    point[name]["p99_ratio"] = round(point[name]["p99_ms"] / point[base]["p99_ms"], 3)
                     point[name]["cpu_ratio"] = round(point[name]["cpu_us_per_request"]
-                                                     / point["off"]["cpu_us_per_request"], 3)
+                                                     / point[base]["cpu_us_per_request"], 3)
             results[f"{kind}{int(value)}"] = point
     return results
 
@@ -122,6 +127,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="per load point and system")
     parser.add_argument("--slices", type=int, default=3)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--adaptive", action="store_true", help="also an adaptive route, without and with recording")
     parser.add_argument("--serve", nargs=2, metavar=("CONFIG", "RECORD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -134,11 +140,11 @@ def main() -> None:
             upstream = f"http://127.0.0.1:{up_port}/v1"
             go.wait_http(upstream + "/models")
             targets = {}
-            for system in SYSTEMS:
+            for system in SYSTEMS + (ADAPTIVE_SYSTEMS if args.adaptive else ()):
                 port = go.free_port()
                 config = config_for(system, upstream, Path(tmp), port)
                 proc = go.start([sys.executable, "-m", "loadtests.learning_overhead", "--serve", str(config),
-                                 "0" if system == "off" else "1"])
+                                 "0" if system.endswith("off") else "1"])
                 procs.append(proc)
                 base = f"http://127.0.0.1:{port}"
                 go.wait_http(base + "/healthz")
