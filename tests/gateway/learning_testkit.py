@@ -14,6 +14,8 @@ import yaml
 
 from support import make_config
 
+PAIR = "mux-2m->mux-5m"  # the pair of learning_config's route
+
 SECRET_PROMPT = "the-quokka-password-is-marmalade"
 
 
@@ -61,3 +63,23 @@ def feedback(server, key: str | None, body):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     kwargs = {"content": body} if isinstance(body, (str, bytes)) else {"json": body}
     return httpx.post(server.base_url + "/v1/feedback", headers=headers, timeout=30, **kwargs)
+
+
+def features(text: str) -> bytes:
+    from policies.classifier import ComplexityClassifier
+    from policies.outcome import encode_features
+
+    return encode_features(ComplexityClassifier.shipped().features(messages=[{"role": "user", "content": text}]))
+
+
+def seed_outcomes(config, n: int, source: str = "shadow", team: str = "alpha") -> None:
+    """n outcomes of learning_config's pair in the gateway's store: the large tier wins on every other one."""
+    from policies.outcome import Outcome
+
+    async def write(store):
+        for i in range(n):
+            hard = i % 2 == 0
+            await store.record_outcome(Outcome(
+                f"r{i}", team, PAIR, "small", 0.0 if hard else 1.0, 1.0 if hard else 0.5, source,
+                features(("prove the theorem " if hard else "say hi ") + str(i)), 1_700_000_000 + i))
+    stored(config, write)

@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 
 import yaml
-from learning_testkit import ask, feedback, learning_config, wait_routed
+from learning_testkit import PAIR, ask, feedback, learning_config, seed_outcomes, stored, wait_routed
 
 from gateway.cli import main
 from support import KEY_ALPHA
-
-PAIR = "mux-2m->mux-5m"
 
 
 def adaptive_config(tmp_path, zoo_dir) -> dict:
@@ -45,3 +43,42 @@ def test_feedback_teaches_the_router_and_the_next_gateway_starts_from_it(tmp_pat
     main(["router", "status", "--config", str(path)])
     status = json.loads(capsys.readouterr().out)
     assert status["pairs"][PAIR]["labels_seen"] == 3 and status["saved_at"] is not None
+
+
+def wait_labels(server, n: int, timeout_s: float = 20.0) -> None:
+    import time
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and labels_seen(server) != n:
+        time.sleep(0.1)
+    assert labels_seen(server) == n
+
+
+def test_a_refit_reaches_a_running_gateway_through_the_store_and_through_hot_reload(tmp_path, zoo_dir, start_server,
+                                                                                     capsys):
+    import os
+    import time
+
+    config = adaptive_config(tmp_path, zoo_dir)
+    config["store"]["router_state_save_s"] = 0.2
+    path = tmp_path / "muxgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    server = start_server(config)
+    assert labels_seen(server) == 0
+    seed_outcomes(config, 12)
+    main(["router", "fit", "--from-store", "--config", str(path)])  # into the store
+    wait_labels(server, 12)  # loaded at the gateway's next tick, not saved over
+    seed_outcomes(config, 20)
+    refit = tmp_path / "refit"
+    main(["router", "fit", "--from-store", "--out", str(refit), "--config", str(path)])
+    capsys.readouterr()
+    policy = tmp_path / "routing.yaml"
+    data = yaml.safe_load(policy.read_text())
+    data["classifier"] = {"weights": str(refit)}
+    policy.write_text(yaml.safe_dump(data))
+    later = time.time_ns() + 2_000_000_000
+    os.utime(policy, ns=(later, later))
+    wait_labels(server, 20)  # the reloaded policy names the refit: its classifier and its state
+    assert server.app.state.gateway.router.current.policy.classifier.weights == str(refit)
+    saved = stored(config, lambda s: s.load_router_state())
+    assert saved[0]["adaptive"][PAIR]["labels_seen"]["both"] == 20

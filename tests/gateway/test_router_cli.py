@@ -7,18 +7,12 @@ import json
 
 import pytest
 import yaml
-from learning_testkit import learning_config, stored
+from learning_testkit import PAIR, features, learning_config, seed_outcomes, stored
 
 from gateway.cli import main
 from gateway.store import RoutedRequest
 from policies.classifier import ComplexityClassifier
-from policies.outcome import Outcome, encode_features
-
-PAIR = "mux-2m->mux-5m"
-
-
-def features(text: str) -> bytes:
-    return encode_features(ComplexityClassifier.shipped().features(messages=[{"role": "user", "content": text}]))
+from policies.outcome import Outcome
 
 
 @pytest.fixture
@@ -37,16 +31,6 @@ def run(capsys, *argv) -> tuple[int, str, str]:
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def seed_outcomes(config, n: int, source: str = "shadow", team: str = "alpha") -> None:
-    async def write(store):
-        for i in range(n):
-            hard = i % 2 == 0
-            await store.record_outcome(Outcome(
-                f"r{i}", team, PAIR, "small", 0.0 if hard else 1.0, 1.0 if hard else 0.5, source,
-                features(("prove the theorem " if hard else "say hi ") + str(i)), 1_700_000_000 + i))
-    stored(config, write)
 
 
 def test_status_lists_the_policys_pairs_before_anything_is_learnt(capsys, cli_config):
