@@ -99,7 +99,8 @@ class Gateway:
         self.completions = CompletionService(backend, self.router, self.authenticator.authenticate,
                                              self.metrics, config.server,
                                              admission=self.tenancy.admission if self.tenancy else None,
-                                             recorder=self.learning.recorder if self.learning else None)
+                                             recorder=self.learning.recorder if self.learning else None,
+                                             shares={t.id: t.share for t in config.teams})
         self.created = int(time.time())
         self.auth_limiter = FailedAuthLimiter(config.server.auth_failures_per_minute,
                                               trusted_proxies=config.server.trusted_proxies)

@@ -170,6 +170,10 @@ class TeamConfig(Strict):
     tpm_limit: int | None = Field(
         None, ge=1, description="Tokens per minute (worst case at admission, refunded to actual); null: unlimited.")
     allowed_models: list[str] = Field(default_factory=list, description="Models the team may use; empty: all.")
+    share: float = Field(
+        1.0, gt=0, description="The team's weight in each pool replica's fair queue (relative to other teams; "
+        "default equal shares): under contention its requests are served in proportion to it, and it may hold that "
+        "part of the replica's queue (`pool.max_queued_requests`).")
     store_prompts: bool = Field(
         False, description="Keep this team's `auto` requests' messages and answers in the store beside their routing "
         "features (for `muxgate export distill`). Off: only the features (no text) are kept.")
@@ -252,6 +256,10 @@ class PoolConfig(Strict):
     max_resident_models: int | None = Field(None, ge=1, description="Optional cap on models resident per replica, on top of the byte budget.")
     load_timeout_s: float = Field(120.0, gt=0, description="How long a request waits for its model to load (then 503).")
     max_ongoing_requests: int = Field(256, ge=1, description="Ray Serve max_ongoing_requests per replica.")
+    max_queued_requests: int = Field(
+        256, ge=1, description="Requests a replica holds waiting for their first token (load, KV admission, prefill). "
+        "When full, a team already holding its `share` of it gets 429 with Retry-After; a team under its share still "
+        "gets in, up to twice this in all.")
     autoscaling: dict | None = Field(None, description="Passed through as Ray Serve's autoscaling_config.")
     shutdown_grace_s: float = Field(
         10.0, gt=0, description="How long a stopping pool replica lets its unfinished requests run (Ray Serve's "

@@ -68,7 +68,8 @@ def pool_options(config: MuxgateConfig) -> dict:
                 torch_threads=pool.torch_threads,
                 device_budget_bytes=int(pool.device_budget_mb * mib) if pool.device_budget_mb else None,
                 host_budget_bytes=int(pool.host_budget_mb * mib), eviction=pool.eviction,
-                kv_reserve_tokens=pool.kv_reserve_tokens, prefix_cache_bytes=int(pool.prefix_cache_mb * mib))
+                kv_reserve_tokens=pool.kv_reserve_tokens, prefix_cache_bytes=int(pool.prefix_cache_mb * mib),
+                max_queued_requests=pool.max_queued_requests)
 
 
 def make_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | None = None) -> Backend:
@@ -98,7 +99,8 @@ def make_pool_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | N
                               autoscaling=pool.autoscaling, device_budget_bytes=options["device_budget_bytes"],
                               host_budget_bytes=options["host_budget_bytes"], eviction=pool.eviction,
                               kv_reserve_tokens=pool.kv_reserve_tokens,
-                              prefix_cache_bytes=options["prefix_cache_bytes"], shutdown_grace_s=pool.shutdown_grace_s)
+                              prefix_cache_bytes=options["prefix_cache_bytes"], shutdown_grace_s=pool.shutdown_grace_s,
+                              max_queued_requests=pool.max_queued_requests)
     return RayServeBackend(deploy_pool(specs, ray_options, ray_address or pool.ray_address))
 
 

@@ -24,7 +24,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import deque
 from typing import AsyncIterator, Callable
 
 import torch
@@ -34,6 +33,7 @@ from workers.choice_output import ChoiceOutput
 from workers.decode_attention import use_cpu_decode_attention
 from workers.detok import StopTextStream
 from workers.dtypes import default_dtype
+from workers.fair_queue import FairQueue
 from workers.grammar import GrammarMask, TokenizerGrammars, grammar_spec
 from workers.kv_cache import KVShape
 from workers.logits import TokenVocab, row_logits
@@ -52,6 +52,9 @@ DEFAULT_PREFIX_CACHE_BYTES = 256 << 20
 DEFAULT_PREFILL_CHUNK_TOKENS = 256
 DEFAULT_IDLE_RELEASE_S = 2.0
 DEFAULT_SPECULATE_MAX_BATCH = 4
+# a request waiting for KV room is passed by at most this many later (smaller) requests; then
+# admission holds for it, so it runs once the sequences running then free their KV
+DEFAULT_MAX_BYPASS = 8
 
 
 # Prompts larger than this (characters, plus a template's cost per message) are encoded in a
@@ -81,6 +84,9 @@ class Engine:
     A sequence is admitted only when every admitted one could reach its full length (prompt +
     max_tokens) within it, so the batch never outgrows it; one that could not fit even alone is
     refused like a context overflow. None: bounded by `max_running` and the context only.
+    Waiting requests are taken in weighted fair order by team (workers/fair_queue.py); one that
+    does not fit yet is passed by later ones that do (no head-of-line blocking), at most
+    `max_bypass` times, after which nothing behind it is admitted until it is (no starvation).
     `on_idle`: called on the scheduler thread (its lock held: it must only hand off, e.g. with
     `loop.call_soon_threadsafe`) when the engine becomes `idle` after running steps, so a pool
     waiting to evict this model learns the moment it may.
@@ -91,7 +97,8 @@ class Engine:
                  prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
                  idle_release_s: float = DEFAULT_IDLE_RELEASE_S,
                  speculate_max_batch: int = DEFAULT_SPECULATE_MAX_BATCH,
-                 kv_budget_bytes: int | None = None, on_idle: Callable[[], None] | None = None):
+                 kv_budget_bytes: int | None = None, on_idle: Callable[[], None] | None = None,
+                 max_bypass: int = DEFAULT_MAX_BYPASS):
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -102,6 +109,7 @@ class Engine:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.idle_release_s = idle_release_s
         self.speculate_max_batch = speculate_max_batch
+        self.max_bypass = max_bypass
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
         self.eos_ids = _eos_ids(model, tokenizer)
         # structured outputs: grammars for this tokenizer, compiled on first use and cached
@@ -118,7 +126,7 @@ class Engine:
         self._batch = RunningBatch(self._shape, max_running, self.context_length, placeholder_token=self._bos or 0,
                                    max_bytes=kv_budget_bytes)
         self._prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
-        self._waiting: deque[Sequence] = deque()
+        self._waiting: FairQueue[Sequence] = FairQueue()
         self._running: list[Sequence] = []  # admitted: prefilling or decoding
         self._wake = threading.Condition()
         self._closed = False
@@ -152,6 +160,12 @@ class Engine:
         """Sequences still wanted by someone (cancelled ones leave at the next step)."""
         with self._wake:
             return sum(1 for s in (*self._waiting, *self._running) if not (s.cancelled or s.finished))
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for admission (a request's choices count once)."""
+        with self._wake:
+            return sum(1 for s in self._waiting if not s.cancelled)
 
     @property
     def idle(self) -> bool:
@@ -252,7 +266,7 @@ class Engine:
         if draft is not None and n == 1 and first.logits is None and req.temperature <= 0.0 and req.draft_tokens > 0:
             first.draft = DraftState(draft, req.draft_tokens)  # constrained or processed rows never speculate
         with self._wake:
-            self._waiting.append(first)
+            self._waiting.push(first, req.team, n * (len(prompt_ids) + max_new), req.weight, req.priority)
             self._wake.notify()
         try:
             done = 0
@@ -299,8 +313,7 @@ class Engine:
                         if not seq.finished:
                             self._fail(seq, exc)
         with self._wake:
-            left = [*self._waiting, *self._running]
-            self._waiting.clear()
+            left = [*self._waiting.clear(), *self._running]
             self._running = []
         for seq in left:
             if not (seq.finished or seq.cancelled):
@@ -314,13 +327,7 @@ class Engine:
                     if seq.cancelled and not seq.finished:
                         self._release(seq)
                 self._running = [s for s in self._running if not (s.finished or s.cancelled)]
-                admitted = []
-                while (self._waiting and len(self._running) + 1 + len(self._waiting[0].forks) <= self.max_running
-                       and self._kv_fits(self._waiting[0])):
-                    seq = self._waiting.popleft()
-                    if not seq.cancelled:  # a request's choices are admitted together
-                        self._running.extend([seq, *seq.forks])
-                        admitted.extend([seq, *seq.forks])
+                admitted = self._take_admissible()
                 if self._closed:
                     self._stepping = False
                     return None
@@ -351,10 +358,35 @@ class Engine:
                 budget -= n
         return plan
 
+    def _take_admissible(self) -> list[Sequence]:
+        """Move waiting requests that fit into the running batch, in fair order (a request's
+        choices together). One that does not fit is skipped, so a long request waiting for KV room
+        does not hold up short ones behind it; but once a skipped one has been passed `max_bypass`
+        times, admission stops at it until the running sequences' KV leaves room for it."""
+        admitted: list[Sequence] = []
+        skipped: list[Sequence] = []
+        for seq in self._waiting:
+            if seq.cancelled:
+                self._waiting.drop(seq)
+                continue
+            if not self._fits(seq):
+                skipped.append(seq)
+                continue
+            if any(s.bypassed >= self.max_bypass for s in skipped):
+                break
+            for s in skipped:
+                s.bypassed += 1
+            self._waiting.take(seq)
+            self._running.extend([seq, *seq.forks])
+            admitted.extend([seq, *seq.forks])
+        return admitted
+
+    def _fits(self, seq: Sequence) -> bool:
+        return len(self._running) + 1 + len(seq.forks) <= self.max_running and self._kv_fits(seq)
+
     def _kv_fits(self, seq: Sequence) -> bool:
         """Whether admitting `seq` keeps the batch's worst case (every admitted sequence at its full
-        length, rows of the dense cache as long as the longest) within the KV budget. First come,
-        first served: a sequence that does not fit waits, and so do those behind it."""
+        length, rows of the dense cache as long as the longest) within the KV budget."""
         if self.kv_budget_tokens is None or seq.cancelled:
             return True
         longest = max(len(s.prompt_ids) + s.max_new_tokens for s in (*self._running, seq))

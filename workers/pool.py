@@ -11,6 +11,10 @@ load that evicted it waits for that before it allocates; it stays warm in host m
 host tier has room, else it is cold (disk).
 One load per model at a time; loads of different models overlap; a request that cannot get its
 model within `load_timeout_s` gets PoolOverloaded (503 + Retry-After), not a hang.
+Requests waiting for their first token (for a load, for admission, in prefill) are bounded per
+replica by `max_queued_requests`, shared by team weight: a full queue refuses a team already
+holding its weighted part with QueueFull (429 + Retry-After); a team under its part still gets in,
+up to twice the bound in all, so one team's flood cannot lock the others out.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 from workers.checkpoint import read_model_info
@@ -38,6 +42,7 @@ from workers.types import (
     ModelSpec,
     PoolError,
     PoolOverloaded,
+    QueueFull,
 )
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,7 @@ class ModelPool:
         prefix_cache_bytes: int = 64 * 1024 * 1024,
         gpu_share: float = 1.0,
         device_memory: DeviceMemory | None = None,  # default: NVML on a cuda device (tests pass a fake)
+        max_queued_requests: int = 256,
     ):
         from workers.weights import HostTier
 
@@ -96,6 +102,10 @@ class ModelPool:
         self.max_running_per_model = max_running_per_model
         self.torch_threads = torch_threads
         self.kv_reserve_tokens = kv_reserve_tokens
+        self.max_queued_requests = max_queued_requests
+        self._queued: dict[str | None, int] = {}  # team -> requests waiting for their first token
+        self._weights: dict[str | None, float] = {}  # team -> the weight its latest request carried
+        self.queue_refusals = 0
         self.prefix_cache_bytes = prefix_cache_bytes
         self.nvml = device_memory if device_memory is not None else nvml_memory(device)
         self.ledger = ByteLedger(device_budget_bytes or _default_capacity(device, self.nvml, gpu_share))
@@ -123,7 +133,9 @@ class ModelPool:
     # ---- what the pool can serve ------------------------------------------------------------
 
     def models(self) -> list[ModelInfo]:
-        """Every servable model, resident or not (read from the checkpoints, not loaded)."""
+        """Every servable model, resident or not (read from the checkpoints, not loaded). The
+        context length is the one the engine enforces: the checkpoint's, capped by the KV reserve a
+        model's running batch may hold (`kv_reserve_tokens`)."""
         out = []
         for name, spec in self.specs.items():
             if name not in self._info:
@@ -132,7 +144,8 @@ class ModelPool:
                 except ModelLoadFailed as exc:
                     log.warning("%s", exc)
                     continue
-            out.append(self._info[name])
+            info = self._info[name]
+            out.append(replace(info, context_length=min(info.context_length, self.kv_reserve_tokens)))
         return out
 
     def dtype_name(self, spec: ModelSpec) -> str:
@@ -166,6 +179,8 @@ class ModelPool:
             "loading": list(self._loading),
             "in_flight": {k: v for k, v in self._in_flight.items() if v},
             "queue_depth": {k: v for k, v in self._waiting_for_load.items() if v},
+            "queued_requests": sum(self._queued.values()),
+            "queue_refusals": self.queue_refusals,
             "loads": dict(self.loads),
             "load_seconds": dict(self.load_seconds),
             "loaded_bytes": dict(self.loaded_bytes),
@@ -182,6 +197,8 @@ class ModelPool:
         while this stream is open."""
         if model not in self.specs:
             raise ModelNotFound(f"The model '{model}' does not exist", model=model)
+        self._enqueue(req)
+        queued = True
         self._in_flight[model] = self._in_flight.get(model, 0) + 1
         draft = None
         try:
@@ -191,13 +208,41 @@ class ModelPool:
             # closed with this stream, not when collected: the engine drops the sequence at its next step
             async with contextlib.aclosing(resident.engine.generate(req, draft=draft.engine.model if draft else None)) as chunks:
                 async for chunk in chunks:
+                    if queued:
+                        queued = self._dequeue(req)
                     chunk.replica = self.replica_id
                     yield chunk
         finally:
+            if queued:
+                self._dequeue(req)
             self._in_flight[model] -= 1
             if draft is not None:
                 self._in_flight[req.draft_model] -= 1
             self._room_changed()  # an idle model can be evicted for a waiting load now
+
+    def _enqueue(self, req: GenerationRequest) -> None:
+        """Count `req` as waiting for its first token, or refuse it: when the replica's queue is
+        full and its team already holds its weighted part of it (or the queue is at twice the bound)."""
+        team, total = req.team, sum(self._queued.values())
+        self._weights[team] = max(req.weight, 1e-6)
+        if total >= self.max_queued_requests:
+            present = {t for t, n in self._queued.items() if n} | {team}
+            part = self.max_queued_requests * self._weights[team] / sum(self._weights[t] for t in present)
+            if total >= 2 * self.max_queued_requests or self._queued.get(team, 0) >= part:
+                self.queue_refusals += 1
+                raise QueueFull(f"this replica's queue is full ({total} requests waiting); retry shortly",
+                                retry_after=1.0, queued=total)
+        self._queued[team] = self._queued.get(team, 0) + 1
+
+    def _dequeue(self, req: GenerationRequest) -> bool:
+        """Its first token came (or it ended): no longer queued. Returns False (queued no more)."""
+        left = self._queued[req.team] - 1
+        if left:
+            self._queued[req.team] = left
+        else:  # teams come and go: keep only those with requests waiting
+            del self._queued[req.team]
+            self._weights.pop(req.team, None)
+        return False
 
     def _draft_for(self, model: str, req: GenerationRequest) -> Resident | None:
         """The resident draft model for a speculative request, held in flight (not evictable)

@@ -45,6 +45,7 @@ class Sequence:
     forks: list[Sequence] = field(default_factory=list)
     cancelled: bool = False
     finished: bool = False
+    bypassed: int = 0  # later requests admitted while it waited for KV room (bounded: the engine's max_bypass)
 
     @property
     def generated(self) -> int:

@@ -59,6 +59,7 @@ class PoolOptions:
     prefix_cache_bytes: int = 64 * 1024 * 1024
     load_timeout_s: float = 120.0
     max_ongoing_requests: int = 256
+    max_queued_requests: int = 256  # waiting for their first token, per replica (fair by team)
     autoscaling: dict | None = None
     env: dict = field(default_factory=dict)
     shutdown_grace_s: float = SHUTDOWN_GRACE_S  # Serve's graceful_shutdown_timeout_s for a stopping replica
@@ -82,6 +83,7 @@ class PoolReplica:
                               host_budget_bytes=options.host_budget_bytes, eviction=options.eviction,
                               kv_reserve_tokens=options.kv_reserve_tokens,
                               prefix_cache_bytes=options.prefix_cache_bytes,
+                              max_queued_requests=options.max_queued_requests,
                               gpu_share=options.num_gpus if options.num_gpus > 0 else 1.0)
         self.pool.warm_up()
 

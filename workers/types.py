@@ -44,6 +44,12 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] | None = None  # token id -> bias in [-100, 100]
+    # fair share on a replica (workers/fair_queue.py): an opaque team id and its weight, set by the
+    # gateway; the pool never learns what a team is. `priority` (per route) multiplies the weight
+    # by 2**priority for this request
+    team: str | None = None
+    weight: float = 1.0
+    priority: int = 0
     # the rest, for an upstream: OpenAI fields the gateway validated and passes on unchanged
     # (e.g. `user`), never read by the pool
     passthrough: dict = field(default_factory=dict)
@@ -134,6 +140,13 @@ class PoolOverloaded(PoolError):
     def __init__(self, message: str, retry_after: float = 1.0, **details):
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+
+class QueueFull(PoolOverloaded):
+    """The replica's queue of requests waiting for their first token is full (for this team)."""
+
+    status = 429
+    code = "queue_full"
 
 
 @dataclass(frozen=True)
