@@ -10,14 +10,20 @@ The model: each tier's score on a request is linear in a short feature vector ph
 
   large(x) = m(x) + g(x)/2,   small(x) = m(x) - g(x)/2,   g = w_g . phi,  m = w_m . phi
   phi(x)   = [1, 2 sigmoid(shipped logit) - 1, the shipped model's standardised dense features,
-              the sentence-embedding projection (policies/embedding.py) when there is one]
+              the sentence-embedding projection (policies/embedding.py) when there is one,
+              the in-file lexical model's predicted gain]
 
 with a Gaussian prior on (w_g, w_m) centred on "the gain is what the shipped model says"
 (w_g = [0, 1, 0, ...]) and on an average score of 0.5. Every outcome is a linear observation of
 (w_g, w_m): a shadow row sees both scores (so g and m), a feedback row only the routed tier's
 score (large = m + g/2, or small = m - g/2). The posterior is exact Bayesian linear regression,
-updated one row at a time (Sherman-Morrison, O(dim^2)), so the same rows in any order give the same
-posterior, and ``fit`` (offline refit) is the same computation over the stored rows.
+updated one row at a time (Sherman-Morrison, O(dim^2)); ``fit`` (offline refit) is the same
+computation over the stored rows in time order.
+
+The last input is stacking: a lexical model of the gain on the request's hashed words and word
+pairs (one weight per bucket, a diagonal ridge step per shadow row, ``lexical_l2``) learns the
+deployment's topics the way an in-file TF-IDF regression would, and its prediction for a row is
+taken before that row teaches it, so the regression weighs it by how well it has predicted so far.
 
 Feedback labels are chosen by the router itself (only the routed tier is scored). Modelling each
 tier's score as a function of x makes that selection ignorable when the model is right; rows are
@@ -61,6 +67,11 @@ class AdaptKnobs:
     base_sd: float = 0.5  # how far the shipped score's coefficient may move from 1
     dense_sd: float = 0.06  # per standardised dense feature
     embedding_sd: float = 0.03  # per embedding dimension (unit variance after embedding.py)
+    # The in-file lexical model (hashed words and word pairs, one weight each, per-weight ridge
+    # updates with this L2): its prediction, made before each row teaches it, is one more input
+    # of the regression (stacking). 0 turns it off.
+    lexical_l2: float = 3.0
+    lexical_sd: float = 0.5
     mean_sd: float = 0.5  # the average-score part m(x), which routing does not use directly
     window: int = 1000  # requests the share controller looks back on
     min_window: int = 50  # below this many, the shipped calibration gives the threshold
@@ -85,8 +96,14 @@ class AdaptiveRouter:
         self.n_dense = len(base.params.dense_mean)
         self.n_embedding = 0 if embedder is None else int(embedder.dim)
         k = self.knobs
-        self.dim = 2 + self.n_dense + self.n_embedding
-        residual_sd = np.concatenate([np.full(self.n_dense, k.dense_sd), np.full(self.n_embedding, k.embedding_sd)])
+        config = base.featurizer.config
+        self.n_lexical = 1 if k.lexical_l2 > 0 and config.word_unigrams and config.word_bigrams else 0
+        self.dim = 2 + self.n_dense + self.n_embedding + self.n_lexical
+        residual_sd = np.concatenate([np.full(self.n_dense, k.dense_sd), np.full(self.n_embedding, k.embedding_sd),
+                                      np.full(self.n_lexical, k.lexical_sd)])
+        if self.n_lexical:
+            self._lex_w = np.zeros(base.featurizer.n_buckets)
+            self._lex_p = np.zeros(base.featurizer.n_buckets)
         sd_g = np.concatenate([[k.gain_intercept_sd, k.base_sd], residual_sd])
         sd_m = np.concatenate([[k.mean_sd, k.dense_sd], residual_sd])
         self._prior_mean = np.zeros(2 * self.dim)
@@ -121,8 +138,21 @@ class AdaptiveRouter:
         out[1] = 2.0 * self.base.score_features(features) - 1.0
         out[2 : 2 + self.n_dense] = params.standardise(features.dense)
         if self.n_embedding and features.embedding is not None and len(features.embedding) == self.n_embedding:
-            out[2 + self.n_dense :] = features.embedding
+            out[2 + self.n_dense : 2 + self.n_dense + self.n_embedding] = features.embedding
+        if self.n_lexical:
+            idx, val = self._lexical(features)
+            out[-1] = float(self._lex_w[idx] @ val)
         return out
+
+    @staticmethod
+    def _lexical(features):
+        """(buckets, values) of the words and word pairs: the first two groups of the hashed
+        features, whose lengths follow from the words group's value 1 / sqrt(words)."""
+        if not len(features.values):
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        n_words = int(round(1.0 / float(features.values[0]) ** 2))
+        take = min(len(features.indices), 2 * n_words - 1)
+        return np.asarray(features.indices[:take]), np.asarray(features.values[:take], dtype=np.float64)
 
     def _rank_phi(self, phi: np.ndarray) -> float:
         return 0.5 * (1.0 + float(phi @ self._mean[: self.dim]))
@@ -194,9 +224,22 @@ class AdaptiveRouter:
         """Update the posterior with one labelled request of this router's pair."""
         if outcome.pair != self.pair:
             raise ValueError(f"outcome for pair {outcome.pair!r} given to the router of {self.pair!r}")
-        phi = self.phi(decode_features(outcome.features))
+        features = decode_features(outcome.features)
+        phi = self.phi(features)
         with self._lock:
             self._observe_phi(phi, outcome.routed, outcome.small_score, outcome.large_score)
+            if self.n_lexical and outcome.both_scored:
+                self._observe_lexical(features, outcome.large_score - outcome.small_score)
+
+    def _observe_lexical(self, features: RequestFeatures, gain: float) -> None:
+        """One diagonal recursive-least-squares step of the lexical model towards this row's gain
+        (it learns from shadow rows only: a feedback row has no gain)."""
+        idx, val = self._lexical(features)
+        if not len(idx):
+            return
+        residual = gain - float(self._lex_w[idx] @ val)
+        np.add.at(self._lex_p, idx, val * val)
+        np.add.at(self._lex_w, idx, val * residual / (self.knobs.lexical_l2 + self._lex_p[idx]))
 
     def _observe_phi(self, phi, routed, small, large) -> None:
         d = self.dim
@@ -283,6 +326,7 @@ class AdaptiveRouter:
                 # the share controller's window, so a restored router keeps its threshold
                 "recent_phi": _pack(self._recent.phis(ordered=True), "<f2"),
                 "threshold": self._threshold,
+                "lexical": self._lexical_state(),
                 "evaluated": [list(map(float, row)) for row in self._evaluated],
             }
 
@@ -302,17 +346,29 @@ class AdaptiveRouter:
             for phi, large in zip(phis, decisions):
                 router._recent.append(phi, large)
         router._threshold = state.get("threshold")
+        lexical = state.get("lexical")
+        if router.n_lexical and lexical:
+            index = _unpack(lexical["index"], (-1,), "<i4").astype(np.int64)
+            router._lex_w[index] = _unpack(lexical["weight"], (-1,))
+            router._lex_p[index] = _unpack(lexical["precision"], (-1,))
         router._evaluated.extend(tuple(row) for row in state.get("evaluated", ()))
         return router
+
+    def _lexical_state(self) -> dict | None:
+        if not self.n_lexical:
+            return None
+        index = np.flatnonzero(self._lex_p)
+        return {"index": _pack(index, "<i4"), "weight": _pack(self._lex_w[index]),
+                "precision": _pack(self._lex_p[index])}
 
     @classmethod
     def fit(cls, base, outcomes: Iterable[Outcome], pair: str, target_large_share: float | None = None,
             embedder=None, **knobs) -> "AdaptiveRouter":
-        """Offline refit: the posterior after ``outcomes`` of ``pair`` (others are skipped)."""
+        """Offline refit: the router after ``outcomes`` of ``pair`` (others are skipped), replayed
+        in time order (``created_at``), which is the online router's state after the same rows."""
         router = cls(base, pair, target_large_share, embedder=embedder, **knobs)
-        for outcome in outcomes:
-            if outcome.pair == pair:
-                router.observe(outcome)
+        for outcome in sorted((o for o in outcomes if o.pair == pair), key=lambda o: o.created_at):
+            router.observe(outcome)
         return router
 
 
