@@ -113,6 +113,12 @@ class StoreConfig(Strict):
     ledger_buffer_max: int = Field(
         10_000, ge=1, description="Usage records held in memory while the store is unavailable; beyond it "
         "the oldest are dropped (and counted in /metrics).")
+    usage_record_retention_days: float = Field(
+        90.0, gt=0, description="With Redis: how long each request's usage record (and the ledger's time indexes) is "
+        "kept. SQLite keeps them until deleted.")
+    usage_rollup_retention_days: float = Field(
+        730.0, gt=0, description="With Redis: how long the hourly usage rollups that reports read are "
+        "kept, from an hour's last write. SQLite keeps them until deleted.")
     outcome_retention_days: float = Field(
         90.0, gt=0, description="With Redis: how long routed requests (their features, and text for teams with "
         "`store_prompts`) and their outcomes (feedback, shadow evaluations) are kept. SQLite keeps them until deleted.")

@@ -52,7 +52,9 @@ def open_configured_store(config: MuxgateConfig) -> Store:
     try:
         return open_store(config.store.url, pepper=os.environ.get(config.store.pepper_env) or None,
                           reservation_ttl_s=config.store.reservation_ttl_s,
-                          outcome_retention_s=config.store.outcome_retention_days * 86400)
+                          outcome_retention_s=config.store.outcome_retention_days * 86400,
+                          record_retention_s=config.store.usage_record_retention_days * 86400,
+                          rollup_retention_s=config.store.usage_rollup_retention_days * 86400)
     except InvalidInput as exc:
         raise ConfigError(f"store.url: {exc}") from None
 
@@ -141,19 +143,33 @@ async def _ensure_team(store: Store, team: TeamConfig | None, team_id: str) -> N
         await store.update_team(team_id, **explicit)
 
 
+# The scope a key imported from the YAML carries: the YAML manages it, so one no longer there
+# is revoked at the next start (keys made through the admin API never carry it).
+CONFIG_SCOPE = "config"
+
+
 async def bootstrap(store: Store, config: MuxgateConfig) -> None:
     """Create or update the YAML's teams and import its keys (idempotent; safe to run from many
-    gateways at once). A key stays revoked once revoked through the admin API."""
+    gateways at once), and revoke the keys an earlier YAML declared that this one does not. A
+    key stays revoked once revoked through the admin API."""
     declared = {t.id: t for t in config.teams}
     for team in config.teams:
         await _ensure_team(store, team, team.id)
+    current = set()
     for key in config.keys:
         where = f"keys: {key.team}/{key.name}"
         try:
             if key.team not in declared:
                 await _ensure_team(store, None, key.team)
-            await store.import_key(key.team, resolve_key(key)[0], name=key.name)
+            stored = await store.import_key(key.team, resolve_key(key)[0], name=key.name,
+                                            scopes=("inference", CONFIG_SCOPE))
+            current.add(stored.id)
         except InvalidInput as exc:
             raise ConfigError(f"{where}: {exc}") from None
         except Conflict:
             raise ConfigError(f"{where}: this key is already stored for another team") from None
+    for stored in await store.list_keys():
+        if CONFIG_SCOPE in stored.scopes and stored.id not in current and stored.revoked_at is None:
+            log.warning("key %s (%s/%s) is no longer in the config: revoked", stored.display_prefix,
+                        stored.team_id, stored.name)
+            await store.revoke_key(stored.id)

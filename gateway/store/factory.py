@@ -18,9 +18,11 @@ from gateway.store.protocol import Store
 
 def open_store(url: str, *, pepper: bytes | str | None = None,
                clock: Callable[[], float] = time.time,
-               reservation_ttl_s: float = 600.0, outcome_retention_s: float | None = None) -> Store:
-    """Create the store a URL names. No I/O happens until the first call. ``outcome_retention_s``:
-    how long Redis keeps routed requests and outcomes (SQLite keeps them until deleted)."""
+               reservation_ttl_s: float = 600.0, outcome_retention_s: float | None = None,
+               record_retention_s: float | None = None, rollup_retention_s: float | None = None) -> Store:
+    """Create the store a URL names. No I/O happens until the first call. ``outcome_retention_s``,
+    ``record_retention_s``, ``rollup_retention_s``: how long Redis keeps routed requests and
+    outcomes, usage records, and hourly rollups (SQLite keeps them until deleted)."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
@@ -38,7 +40,9 @@ def open_store(url: str, *, pepper: bytes | str | None = None,
         prefix = next((v for k, v in query if k == "prefix"), "mg:")
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
         clean = urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment))
-        retention = {} if outcome_retention_s is None else {"outcome_retention_s": outcome_retention_s}
+        given = {"outcome_retention_s": outcome_retention_s, "record_retention_s": record_retention_s,
+                 "rollup_retention_s": rollup_retention_s}
+        retention = {k: v for k, v in given.items() if v is not None}
         return RedisStore(clean, prefix=prefix, pepper=pepper, clock=clock,
                           reservation_ttl_s=reservation_ttl_s, **retention)
     raise InvalidInput(f"unsupported store URL {url!r}; use sqlite:///… or redis://…")

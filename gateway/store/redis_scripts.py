@@ -13,11 +13,13 @@ Key layout (``p`` is the store's prefix, default ``mg:``):
     p holds:<scope>:<id>:<per>   zset   member "<request id>:<micros>", score = expiry
     p resv:<request id>          string the outstanding reservation, for idempotent replays
     p rate:<scope>:<id>:<kind>   string GCRA theoretical arrival time (ms) of rpm / tpm
-    p rec:<request id>           string the usage record (JSON); also the settle-once marker
-    p ledger, p ledger:team:<id> zset   request ids by time
-    p rollup:<hour>:<team>       hash   "<key>\\x1f<requested>\\x1f<routed>\\x1f<metric>" -> int
-    p rollup_teams:<hour>        set    teams with usage in that hour
-    p rollup_hours               zset   hours with any usage
+    p rec:<request id>           string the usage record (JSON); also the settle-once marker;
+                                        expires the record retention after it is written
+    p ledger, p ledger:team:<id> zset   request ids by time, trimmed to the record retention
+    p rollup:<hour>:<team>       hash   "<key>\\x1f<requested>\\x1f<routed>\\x1f<metric>" -> int;
+                                        expires the rollup retention after its last write
+    p rollup_teams:<hour>        set    teams with usage in that hour (expires with its rollups)
+    p rollup_hours               zset   hours with any usage, trimmed to the rollup retention
 
 <scope> is "team" or "key"; <per> is a budget period key (d2025-01-31, m2025-01, total).
 Reserve and settle derive key names from the prefix inside the script, which standalone Redis
@@ -245,11 +247,13 @@ return renewed
 #       7 reserved micros, 8 unused worst-case tokens, 9 actual micros, 10 record JSON,
 #       11 record time, 12 hour bucket, 13 rollup cell, 14 now (s; '' = the server's TIME),
 #       15 team period retention (s or ''), 16 key period retention (s or ''),
-#       17.. metric name, increment pairs
+#       17 usage record retention (s), 18 rollup retention (s),
+#       19.. metric name, increment pairs
 # Returns 1 when applied, 0 when this request id was settled before.
 SETTLE = _HELPERS + r"""
 local p, rid, team_id, key_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if not redis.call('SET', p .. 'rec:' .. rid, ARGV[10], 'NX') then return 0 end
+local record_ttl, rollup_ttl = tonumber(ARGV[17]), tonumber(ARGV[18])
+if not redis.call('SET', p .. 'rec:' .. rid, ARGV[10], 'NX', 'EX', math.ceil(record_ttl)) then return 0 end
 
 local member = rid .. ':' .. ARGV[7]
 -- The team is charged only while the team the request ran under still exists: one deleted (or
@@ -288,15 +292,27 @@ if unused > 0 then
   end
 end
 
-redis.call('ZADD', p .. 'ledger', ARGV[11], rid)
-redis.call('ZADD', p .. 'ledger:team:' .. team_id, ARGV[11], rid)
+-- Retention: a record expires record_ttl after it is written; the ledger's indexes keep the
+-- records within record_ttl of the newest one written (the record times of a live ledger are
+-- now); an hour's rollups expire rollup_ttl after their last write (so after their hour), and
+-- the index of hours keeps those within rollup_ttl of the hour written.
+local record_time = tonumber(ARGV[11])
+for _, index in ipairs({p .. 'ledger', p .. 'ledger:team:' .. team_id}) do
+  redis.call('ZADD', index, ARGV[11], rid)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. fmt(record_time - record_ttl))
+end
+redis.call('EXPIRE', p .. 'ledger:team:' .. team_id, math.ceil(record_ttl))
 local hour = ARGV[12]
+local rollup_left = math.ceil(rollup_ttl)
 local rkey = p .. 'rollup:' .. hour .. ':' .. team_id
-for i = 17, #ARGV, 2 do
+for i = 19, #ARGV, 2 do
   redis.call('HINCRBY', rkey, ARGV[13] .. '\31' .. ARGV[i], ARGV[i + 1])
 end
+redis.call('EXPIRE', rkey, rollup_left)
 redis.call('SADD', p .. 'rollup_teams:' .. hour, team_id)
+redis.call('EXPIRE', p .. 'rollup_teams:' .. hour, rollup_left)
 redis.call('ZADD', p .. 'rollup_hours', hour, hour)
+redis.call('ZREMRANGEBYSCORE', p .. 'rollup_hours', '-inf', '(' .. fmt(tonumber(hour) - math.ceil(rollup_ttl / 3600)))
 return 1
 """
 

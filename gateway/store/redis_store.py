@@ -87,6 +87,12 @@ def _retention(period_key: str) -> str:
     return "" if seconds is None else str(seconds)
 
 
+# Usage records (one JSON per request) are kept 90 days; the hourly rollups that reports read,
+# two years. SQLite keeps both until deleted.
+DEFAULT_RECORD_RETENTION_S = 90 * 86400.0
+DEFAULT_ROLLUP_RETENTION_S = 730 * 86400.0
+
+
 class RedisStore(RedisOutcomes):
     """The Store protocol on one Redis server (standalone or Sentinel-managed; not Cluster)."""
 
@@ -95,7 +101,9 @@ class RedisStore(RedisOutcomes):
                  reservation_ttl_s: float = 600.0, max_connections: int = 64,
                  socket_timeout_s: float = 5.0,
                  outcome_retention_s: float = DEFAULT_OUTCOME_RETENTION_S,
-                 server_time: bool | None = None) -> None:
+                 server_time: bool | None = None,
+                 record_retention_s: float = DEFAULT_RECORD_RETENTION_S,
+                 rollup_retention_s: float = DEFAULT_ROLLUP_RETENTION_S) -> None:
         if not prefix or any(c.isspace() for c in prefix):
             raise InvalidInput(f"invalid redis key prefix {prefix!r}")
         self.url = url
@@ -106,6 +114,8 @@ class RedisStore(RedisOutcomes):
         # gateway however theirs drift; an injected clock (tests) drives the scripts instead.
         self._server_time = (clock is time.time) if server_time is None else server_time
         self.reservation_ttl_s = float(reservation_ttl_s)
+        self.record_retention_s = float(record_retention_s)  # usage records and the ledger's indexes
+        self.rollup_retention_s = float(rollup_retention_s)  # hourly rollups, from an hour's last write
         self.outcome_retention_s = float(outcome_retention_s)  # routed requests and outcomes
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=socket_timeout_s,
@@ -387,7 +397,8 @@ class RedisStore(RedisOutcomes):
             reservation.team_period, reservation.key_period, str(reservation.cost_micros),
             str(max(0, unused)), str(inc["cost_micros"]), json.dumps(record.to_json_dict()),
             repr(record.time), str(hour_bucket(record.time)), cell, self._script_now(),
-            _retention(reservation.team_period), _retention(reservation.key_period), *metrics])
+            _retention(reservation.team_period), _retention(reservation.key_period),
+            repr(self.record_retention_s), repr(self.rollup_retention_s), *metrics])
         return bool(applied)
 
     # --- reports -------------------------------------------------------------------------------
