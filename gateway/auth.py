@@ -9,21 +9,16 @@ leaks.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from pathlib import Path
 
 from gateway.config import ConfigError, KeyConfig
 from gateway.errors import Unauthorized
-from gateway.keys import generate_key
+from gateway.keys import generate_key, key_digest
 from gateway.store.records import Principal
 
 __all__ = ["ConfigKeyAuthenticator", "Principal", "bearer_token", "read_or_create_secret", "resolve_key"]
-
-
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 def redact(secret: str) -> str:
@@ -78,7 +73,7 @@ class ConfigKeyAuthenticator:
     """Keys listed in the YAML config; each maps to its team."""
 
     def __init__(self, keys: list[tuple[Principal, str]]):
-        self._by_hash = {hash_key(secret): principal for principal, secret in keys}
+        self._by_hash = {key_digest(secret): principal for principal, secret in keys}
 
     @classmethod
     def from_config(cls, keys: list[KeyConfig]) -> "ConfigKeyAuthenticator":
@@ -87,7 +82,7 @@ class ConfigKeyAuthenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)
-        digest = hash_key(token)
+        digest = key_digest(token)
         for known, principal in self._by_hash.items():
             if hmac.compare_digest(known, digest):
                 return principal

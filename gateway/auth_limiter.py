@@ -16,13 +16,13 @@ every bad guess.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import time
 from collections import deque
 from collections.abc import Iterable
 
 from gateway.errors import RateLimited
+from gateway.keys import key_digest
 
 
 def _networks(entries: Iterable[str]) -> tuple:
@@ -74,7 +74,7 @@ class FailedAuthLimiter:
         """What a request's failures count against: its presented key, and its trusted address."""
         found = []
         if token:
-            found.append("key:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32])
+            found.append("key:" + key_digest(token)[:32])
         address = self.client_address(peer, forwarded_for)
         if address is not None:
             found.append("addr:" + address)

@@ -10,7 +10,6 @@ together share one store round trip, so a burst of requests costs one read.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import time
 from collections import OrderedDict
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 
 from gateway.auth import bearer_token, redact
 from gateway.errors import Forbidden, Unauthorized
+from gateway.keys import key_digest
 from gateway.store import Principal, Store
 from gateway.tenancy_errors import StoreDown, mapped_store_errors
 
@@ -36,24 +36,15 @@ ADMIN = Admin()
 Caller = Principal | Admin
 
 
-def _digest(token: str) -> str:
-    # Cache keys are digests, so the cache never holds a presented secret.
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
 class AdminKey:
     """The configured admin key, held as a digest and compared in constant time."""
 
     def __init__(self, secret: str | None):
-        self._digest = _digest(secret) if secret else None
-
-    @property
-    def enabled(self) -> bool:
-        return self._digest is not None
+        self._digest = key_digest(secret) if secret else None
 
     def matches(self, token: str, digest: str | None = None) -> bool:
         """Whether ``token`` (whose digest the caller may have at hand) is the admin key."""
-        return self._digest is not None and hmac.compare_digest(self._digest, digest or _digest(token))
+        return self._digest is not None and hmac.compare_digest(self._digest, digest or key_digest(token))
 
 
 class StoreAuthenticator:
@@ -73,7 +64,7 @@ class StoreAuthenticator:
 
     async def lookup(self, token: str, digest: str | None = None) -> Principal | None:
         """The principal of a presented key, or None; at most ttl_s old."""
-        digest = digest or _digest(token)
+        digest = digest or key_digest(token)  # cache keys are digests: the cache never holds a secret
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > self._clock():
             return hit[1]
@@ -116,7 +107,7 @@ class StoreAuthenticator:
     async def caller(self, authorization: str | None) -> Caller:
         """The admin or a team principal; 401 for anything else."""
         token = bearer_token(authorization)
-        digest = _digest(token)  # once per request: the admin check and the key cache both use it
+        digest = key_digest(token)  # once per request: the admin check and the key cache both use it
         if self.admin.matches(token, digest):
             return ADMIN
         principal = await self.lookup(token, digest)

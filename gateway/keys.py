@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 KEY_PREFIX = "mg-"
 KEY_ID_BYTES = 8
 SECRET_BYTES = 32
-PEPPER_ENV_VAR = "MUXGATE_KEY_PEPPER"
 
 _KEY_RE = re.compile(r"^mg-([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 
@@ -61,12 +59,18 @@ def parse_key_id(presented: str) -> str | None:
     return match.group(1) if match else None
 
 
+def key_digest(presented: str) -> str:
+    """SHA-256 (hex) of a presented key or token: what muxgate holds of a secret in memory (config
+    keys, the admin key, cache keys, the failed-auth limiter's subjects) and, tagged, in a store
+    without a pepper. One function, so every place hashes a key the same way."""
+    return hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def hash_key(presented: str, pepper: bytes | None = None) -> str:
     """Hash a presented key for storage; the result is tagged with its algorithm."""
-    data = presented.encode("utf-8")
     if pepper:
-        return "hmac-sha256:" + hmac.new(pepper, data, hashlib.sha256).hexdigest()
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+        return "hmac-sha256:" + hmac.new(pepper, presented.encode("utf-8"), hashlib.sha256).hexdigest()
+    return "sha256:" + key_digest(presented)
 
 
 def verify_key(presented: str, stored_hash: str, pepper: bytes | None = None) -> bool:
@@ -75,8 +79,3 @@ def verify_key(presented: str, stored_hash: str, pepper: bytes | None = None) ->
         return False
     return hmac.compare_digest(hash_key(presented, pepper).encode(), stored_hash.encode())
 
-
-def pepper_from_env(var: str = PEPPER_ENV_VAR) -> bytes | None:
-    """Read the optional server-side pepper. Changing it invalidates every stored key."""
-    value = os.environ.get(var)
-    return value.encode("utf-8") if value else None

@@ -16,9 +16,10 @@ from typing import Literal
 
 from jsonschema import SchemaError
 from jsonschema.validators import Draft202012Validator, validator_for
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from gateway.errors import BadRequest
+from policies.schema import Strict
 
 # Limits, documented in the README: the engine compiles each schema into a grammar, and an
 # unbounded one is a way to make a worker spin. OpenAI's own limit on tools is 128.
@@ -34,10 +35,6 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=
 _checked: OrderedDict[str, None] = OrderedDict()
 _CHECKED_MAX = 512
 _checked_lock = threading.Lock()  # large bodies are parsed in worker threads
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _walk(value) -> tuple[int, list[str]]:
@@ -164,7 +161,7 @@ class JsonSchemaFormat(Strict):
     schema_: dict = Field(alias="schema", description="The JSON Schema the answer must validate against.")
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # and Strict's
 
     @field_validator("schema_")
     @classmethod

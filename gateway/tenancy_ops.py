@@ -9,20 +9,17 @@ import time
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from gateway.errors import BadRequest, NotFound
 from gateway.store import UNSET, ApiKey, CreatedKey, Spend, Store, Team
 from gateway.tenancy_errors import mapped_store_errors
+from policies.schema import Strict
 
 Period = Literal["daily", "monthly", "total"]
 
 
-class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class TeamCreate(_Input):
+class TeamCreate(Strict):
     id: str | None = Field(None, description="Team id; default: a random id.")
     name: str = Field(description="Display name.")
     budget_usd: Decimal | None = Field(None, ge=0, description="Budget per period; null: unlimited.")
@@ -32,7 +29,7 @@ class TeamCreate(_Input):
     allowed_models: list[str] = Field(default_factory=list, description="Empty: every model.")
 
 
-class TeamUpdate(_Input):
+class TeamUpdate(Strict):
     """Only the fields present change; null means unlimited."""
 
     name: str | None = None
@@ -43,7 +40,7 @@ class TeamUpdate(_Input):
     allowed_models: list[str] | None = None
 
 
-class KeyCreate(_Input):
+class KeyCreate(Strict):
     team: str = Field(description="Team the key belongs to.")
     name: str = ""
     scopes: list[str] = Field(default_factory=lambda: ["inference"])
@@ -55,11 +52,11 @@ class KeyCreate(_Input):
     expires_at: float | None = Field(None, description="Epoch seconds after which the key fails.")
 
 
-class KeyRotate(_Input):
+class KeyRotate(Strict):
     grace_s: float = Field(0.0, ge=0, le=30 * 86400, description="How long the old key keeps working.")
 
 
-def parse_input(model: type[_Input], data: object) -> _Input:
+def parse_input(model: type[Strict], data: object) -> Strict:
     """Validate an admin request body (or CLI arguments) into ``model``; 400 naming the field."""
     if not isinstance(data, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")

@@ -8,9 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors, values are validated once at load."""
+    """Base of every model muxgate reads from outside (the YAML, request bodies, admin inputs):
+    unknown keys are errors, NaN and Infinity are refused, and a parsed value is never changed
+    afterwards (validated once, when it is read)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ShadowJudge(Strict):

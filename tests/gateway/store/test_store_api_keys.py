@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.keys import generate_key, hash_key, parse_key_id, pepper_from_env, verify_key
+from gateway.keys import generate_key, hash_key, parse_key_id, verify_key
 from gateway.store import InvalidInput, RedisStore, SQLiteStore, UsageRecord, open_store
 from gateway.store.money import micros_to_usd, to_usd, usd_to_micros
 
@@ -33,13 +33,6 @@ def test_hashes_are_tagged_and_verified_with_the_right_pepper():
     assert not verify_key(secret, peppered)                  # pepper missing: fail closed
     assert not verify_key(secret, peppered, b"other")
     assert not verify_key(secret + "x", plain)
-
-
-def test_pepper_from_env(monkeypatch):
-    monkeypatch.delenv("MUXGATE_KEY_PEPPER", raising=False)
-    assert pepper_from_env() is None
-    monkeypatch.setenv("MUXGATE_KEY_PEPPER", "s3cret")
-    assert pepper_from_env() == b"s3cret"
 
 
 def test_money_is_exact():
