@@ -11,6 +11,11 @@ load that evicted it waits for that before it allocates; it stays warm in host m
 host tier has room, else it is cold (disk).
 One load per model at a time; loads of different models overlap; a request that cannot get its
 model within `load_timeout_s` gets PoolOverloaded (503 + Retry-After), not a hang.
+Models take turns: a load that finds no idle model to evict pauses busy ones, cheapest swap
+first (measured reload seconds x the requests it serves, per byte freed): a paused model admits
+no new request (they wait at its gate), its running ones finish, and once idle it is evicted like
+any other; its waiters then reload it (the swap back) the same way. A cold model's request thus
+gets its load within the paused models' running requests plus the loads, not never.
 Requests waiting for their first token (for a load, for admission, in prefill) are bounded per
 replica by `max_queued_requests`, shared by team weight: a full queue refuses a team already
 holding its weighted part with QueueFull (429 + Retry-After); a team under its part still gets in,
@@ -124,6 +129,9 @@ class ModelPool:
         self._loop: asyncio.AbstractEventLoop | None = None  # where loads wait for room
         self._borrowers: dict[str, set[str]] = {}  # draft -> models whose sequences it was lent to
         self._retiring: dict[str, concurrent.futures.Future] = {}  # evicted, device memory not yet freed
+        self._paused: dict[str, asyncio.Event] = {}  # model -> set when it may admit requests again
+        self._paused_for: dict[str, set[str]] = {}  # a waiting load -> the busy models it paused
+        self.pauses = 0
         self.loads = {"cold": 0, "warm": 0}
         self.load_seconds = {"cold": 0.0, "warm": 0.0}
         self.loaded_bytes = {"cold": 0, "warm": 0}
@@ -185,6 +193,8 @@ class ModelPool:
             "load_seconds": dict(self.load_seconds),
             "loaded_bytes": dict(self.loaded_bytes),
             "evictions": self.evictions,
+            "paused": list(self._paused),
+            "pauses": self.pauses,
             "host_demotions": self.host.demotions,
             "load_failures": self.load_failures,
             "eviction_policy": self.policy.name,
@@ -202,7 +212,7 @@ class ModelPool:
         self._in_flight[model] = self._in_flight.get(model, 0) + 1
         draft = None
         try:
-            resident = await self._resident_model(model)
+            resident = await self._turn(model)
             self.policy.touch(model, resident.reserved, resident.load_seconds)
             draft = self._draft_for(model, req)
             # closed with this stream, not when collected: the engine drops the sequence at its next step
@@ -219,6 +229,63 @@ class ModelPool:
             if draft is not None:
                 self._in_flight[req.draft_model] -= 1
             self._room_changed()  # an idle model can be evicted for a waiting load now
+
+    async def _turn(self, model: str) -> Resident:
+        """The resident model once it admits requests: while it is paused for another model's load,
+        wait at its gate without counting as in flight (so it can drain and be evicted), then get it
+        again (reloaded, if it was evicted meanwhile). Called counted in flight; returns counted."""
+        deadline = time.monotonic() + self.load_timeout_s
+        while True:
+            resident = await self._resident_model(model)
+            gate = self._paused.get(model)
+            if gate is None and self._resident.get(model) is resident:
+                return resident
+            self._in_flight[model] -= 1
+            self._room_changed()  # the paused model may be idle now
+            try:
+                if gate is not None:
+                    await asyncio.wait_for(gate.wait(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise PoolOverloaded(f"model '{model}' is paused for other models' loads and did not get its turn "
+                                     f"back within {self.load_timeout_s:.0f}s; retry shortly",
+                                     retry_after=max(1.0, min(30.0, self.load_timeout_s / 4)), model=model) from None
+            finally:
+                self._in_flight[model] += 1
+
+    def _pause_for(self, model: str, nbytes: int) -> None:
+        """No idle model frees enough for `model`'s load: pause busy ones until idle + paused would,
+        cheapest swap first. A paused model finishes what it admitted and admits nothing new."""
+        paused = self._paused_for.setdefault(model, set())
+        others = [n for n in self._resident if n != model]
+        count = len(self._resident) + len(self._loading)
+        freed = self.ledger.free()
+        for n in others:
+            if n in self._paused or self._evictable(n):
+                freed, count = freed + self._resident[n].reserved, count - 1
+
+        def enough() -> bool:
+            return freed >= nbytes and (self.max_resident is None or count <= self.max_resident)
+
+        busy = sorted((n for n in others if n not in self._paused and not self._evictable(n)), key=self._swap_cost)
+        for victim in busy:
+            if enough():
+                break
+            self._paused[victim] = asyncio.Event()
+            paused.add(victim)
+            self.pauses += 1
+            freed, count = freed + self._resident[victim].reserved, count - 1
+            log.info("pausing %s so that %s can load", victim, model)
+
+    def _swap_cost(self, model: str) -> float:
+        """What pausing and swapping `model` out costs, per byte it frees: its measured reload
+        seconds, paid by each request it is serving."""
+        resident = self._resident[model]
+        return resident.load_seconds * (1 + self._in_flight.get(model, 0)) / max(1, resident.reserved)
+
+    def _unpause(self, model: str) -> None:
+        gate = self._paused.pop(model, None)
+        if gate is not None:
+            gate.set()
 
     def _enqueue(self, req: GenerationRequest) -> None:
         """Count `req` as waiting for its first token, or refuse it: when the replica's queue is
@@ -324,16 +391,21 @@ class ModelPool:
                 f"device budget is {self.ledger.capacity / GIB:.2f} GiB", model=model)
         self._loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.load_timeout_s
-        while not self._try_reserve(model, predicted.total):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PoolOverloaded(f"no room for model '{model}' within {self.load_timeout_s:.0f}s",
-                                     retry_after=5.0, model=model)
-            self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            while not self._try_reserve(model, predicted.total):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PoolOverloaded(f"no room for model '{model}' within {self.load_timeout_s:.0f}s",
+                                         retry_after=5.0, model=model)
+                self._pause_for(model, predicted.total)
+                self._room.clear()
+                try:
+                    await asyncio.wait_for(self._room.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+        finally:  # evicted ones were let go by _evict; the others go on serving
+            for victim in self._paused_for.pop(model, ()):
+                self._unpause(victim)
         try:
             leaving = [asyncio.wrap_future(f) for f in list(self._retiring.values())]  # list: atomic copy
             if leaving:  # the evicted models' device memory is given back before this load takes it
@@ -400,6 +472,7 @@ class ModelPool:
         resident = self._resident.pop(model)
         self.ledger.release(model)
         self._borrowers.pop(model, None)
+        self._unpause(model)  # its waiters reload it: the swap back
         self.evictions += 1
         self._retiring[model] = done = _retirements.submit(self._retire, model, [resident.engine], resident.reserved)
         done.add_done_callback(lambda _f: self._retired(model, done))
