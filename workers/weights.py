@@ -91,15 +91,21 @@ def copy_to_host(model, pin: bool) -> HostWeights:
     return HostWeights(tensors, size, pin, flat=flat, offsets=offsets)
 
 
+QUANTIZATIONS = ("int8", "int8_head")
+
+
 def quantize(model, quantization: str | None):
-    """Apply the configured weight-only quantization (a module swap; see kernels.quant_linear)."""
+    """Apply the configured weight-only quantization (a module swap; see kernels.quant_linear):
+    `int8` the linear layers but the LM head, `int8_head` the LM head too (a tied one shares its
+    codes with the input embedding)."""
     if quantization is None:
         return model
-    if quantization != "int8":
+    if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r}")
-    from kernels.quant_linear import quantize_model
+    from kernels.quant_linear import quantize_head, quantize_model
 
-    return quantize_model(model)
+    model = quantize_model(model)
+    return quantize_head(model) if quantization == "int8_head" else model
 
 
 def load_cold(path: str, dtype: torch.dtype, device: str, quantization: str | None = None):

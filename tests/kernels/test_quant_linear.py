@@ -81,3 +81,41 @@ def test_resident_weight_bytes_of_quantized_layers():
     # int8 codes, one fp32 scale per output channel, the fp32 bias kept as it was
     assert resident_weight_bytes(model, names) == (32 * 64 + 64 * 32) + 4 * (64 + 32) + 4 * 64
     assert resident_weight_bytes(model) < resident_weight_bytes(Toy())
+
+
+def _tiny_llama(tied: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_quantize_head_of_a_tied_model_shares_one_set_of_codes():
+    from kernels.quant_linear import QuantEmbedding, quantize_head
+
+    model = _tiny_llama(tied=True)
+    ids = torch.tensor([[1, 5, 9, 33, 95]])
+    with torch.inference_mode():
+        want = model(ids).logits
+    dense_bytes = resident_weight_bytes(model)
+    quantize_head(quantize_model(model))
+    head, embedding = model.lm_head, model.model.embed_tokens
+    assert isinstance(head, QuantLinear) and isinstance(embedding, QuantEmbedding)
+    assert embedding.head is head and not list(embedding.buffers())  # the codes live in the head alone
+    # every linear and the shared table at a byte per weight (+ scales): the 96x32 table once
+    assert resident_weight_bytes(model) < 0.4 * dense_bytes
+    with torch.inference_mode():
+        rows = embedding(ids)
+        got = model(ids).logits
+    torch.testing.assert_close(rows, head.dequantized_weight()[ids])  # a lookup is the head's row
+    assert float((got - want).norm() / want.norm()) < 3e-2
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_quantize_head_of_an_untied_model_keeps_the_embedding():
+    from kernels.quant_linear import quantize_head
+
+    model = quantize_head(_tiny_llama(tied=False))
+    assert isinstance(model.lm_head, QuantLinear) and type(model.model.embed_tokens) is nn.Embedding

@@ -11,7 +11,7 @@ from workers import gguf
 from workers.checkpoint import read_model_info
 from workers.pool import ModelPool
 from workers.types import GenerationRequest, ModelSpec
-from workers.weights import load_cold, load_tokenizer, tensor_bytes
+from workers.weights import copy_to_host, load_cold, load_tokenizer, load_warm, tensor_bytes
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -98,19 +98,30 @@ def test_greedy_engine_output_equals_model_generate(smol):
     pool.close()
 
 
-def test_int8_weights_answer_right_and_the_ledger_counts_the_packed_bytes(smol):
+@pytest.mark.parametrize("quantization, bytes_ratio", [("int8", 0.62), ("int8_head", 0.51)])
+def test_int8_weights_answer_right_and_the_ledger_counts_the_packed_bytes(smol, quantization, bytes_ratio):
     """`quantization: int8` on a GGUF model: the linear layers hold int8 codes (the tied embedding
-    stays bf16); the greedy answer is still right and the ledger holds what the model holds."""
+    stays bf16); `int8_head`: the tied head and embedding too, one set of codes. The greedy answer
+    is still right, the ledger holds what the model holds, and a warm reload (its host copy into a
+    skeleton built afresh) answers the same."""
     options = dict(kv_reserve_tokens=256, prefix_cache_bytes=0, torch_threads=1)
     dense = ModelPool([ModelSpec("smol", smol, dtype="bfloat16")], **options)
-    pool = ModelPool([ModelSpec("smol", smol, dtype="bfloat16", quantization="int8")], **options)
+    pool = ModelPool([ModelSpec("smol", smol, dtype="bfloat16", quantization=quantization)], **options)
     footprint = pool.footprint("smol")
-    assert footprint.weight_bytes < 0.65 * dense.footprint("smol").weight_bytes
-    assert "Paris" in asyncio.run(answer(pool, "smol"))
+    assert footprint.weight_bytes < bytes_ratio * dense.footprint("smol").weight_bytes
+    first = asyncio.run(answer(pool, "smol"))
+    assert "Paris" in first
     assert "30" in asyncio.run(answer(pool, "smol", [{"role": "user", "content": "What is 10 times 3?"}]))
     model = pool._resident["smol"].engine.model
     assert model.model.layers[0].mlp.down_proj.qweight.dtype == torch.int8
+    assert hasattr(model.lm_head, "qweight") == (quantization == "int8_head")
     assert pool._resident["smol"].measured_weight_bytes == footprint.weight_bytes == tensor_bytes(model)
     assert pool.ledger.holders() == {"smol": footprint.total}
+    host = copy_to_host(model, pin=False)
+    warm = load_warm(smol, torch.bfloat16, "cpu", host, quantization)
+    tok = load_tokenizer(smol)
+    ids = tok.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = warm.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True) == first
     pool.close()
     dense.close()
