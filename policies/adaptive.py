@@ -70,7 +70,7 @@ class AdaptKnobs:
     # The in-file lexical model (hashed words and word pairs, one weight each, per-weight ridge
     # updates with this L2): its prediction, made before each row teaches it, is one more input
     # of the regression (stacking). 0 turns it off.
-    lexical_l2: float = 3.0
+    lexical_l2: float = 10.0
     lexical_sd: float = 0.5
     mean_sd: float = 0.5  # the average-score part m(x), which routing does not use directly
     window: int = 1000  # requests the share controller looks back on
