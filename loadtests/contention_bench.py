@@ -1,0 +1,210 @@
+"""Two teams under contention on one replica (issue 20): team A floods one hot model at saturation
+(a closed loop of `--a-clients` requests always in flight), team B sends `--b-rate` requests/s
+(Poisson) spread over the eleven other zoo models of loadtests/mux_trace.py, cold at first.
+The replica's device budget is a third of the twelve models' bytes by default (host tier: all
+of them; `--budget-fraction`), so B's models are swapped in and out beside A's; a budget too
+small for A's model and B's largest at once (`--budget-fraction 0.2`) makes A's model take turns.
+
+Each system runs three phases of `--seconds` each, from the same start (A's model loaded): A
+alone, B alone, both. Reported: `b_p99_ratio` (B's p99 latency with A flooding / B's p99 alone;
+goal <= 2), `a_throughput_ratio` (A's completed requests/s with B / alone; goal >= 0.9) and
+`past_deadline` (requests not answered within `--deadline-s`, failures included; goal 0), for
+muxgate's pool (in-process ModelPool, the same class a Ray Serve pool replica runs: no Ray in
+its path here) and, beside it, Ray Serve's `@serve.multiplexed` baseline
+(loadtests/mux_trace.serve_multiplexed_app, `--serve-models` per replica, its byte bookkeeping
+for OOMs) on a local Ray. `--no-serve` skips the baseline. Prints one JSON line.
+Usage: python -m loadtests.contention_bench --json [--seconds 20] [--a-clients 4] [--b-rate 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+from loadtests.mux_trace import TRACE_MODELS, serve_multiplexed_app
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HOT = "mux-10m"
+COLD = [m for m in TRACE_MODELS if m != HOT]
+
+
+class Phase:
+    """One phase's clients against `call(model, team)`; latencies and misses per team."""
+
+    def __init__(self, call, seconds: float, deadline_s: float):
+        self.call, self.seconds, self.deadline_s = call, seconds, deadline_s
+        self.latencies: dict[str, list[float]] = {"A": [], "B": []}
+        self.missed: dict[str, int] = {"A": 0, "B": 0}
+        self.errors: set[str] = set()
+
+    async def one(self, model: str, team: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.call(model, team), self.deadline_s)
+            self.latencies[team].append(time.perf_counter() - t0)
+        except Exception as exc:  # a failure is a request not answered by its deadline
+            self.missed[team] += 1
+            self.errors.add(type(exc).__name__)
+
+    async def flood(self, end: float) -> None:
+        while time.perf_counter() < end:
+            await self.one(HOT, "A")
+
+    async def trickle(self, arrivals: list[tuple[float, str]], start: float) -> None:
+        async def at(offset, model):
+            await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
+            await self.one(model, "B")
+
+        await asyncio.gather(*[at(o, m) for o, m in arrivals])
+
+    async def run(self, a_clients: int, arrivals: list[tuple[float, str]] | None) -> dict:
+        start = time.perf_counter()
+        end = start + self.seconds
+        tasks = [self.flood(end) for _ in range(a_clients)]
+        if arrivals is not None:
+            tasks.append(self.trickle(arrivals, start))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+        out = {"errors": sorted(self.errors)}
+        if a_clients:
+            out.update(a_completed=len(self.latencies["A"]), a_rps=round(len(self.latencies["A"]) / wall, 3),
+                       a_missed=self.missed["A"])
+        if arrivals is not None:
+            b = sorted(self.latencies["B"])
+            out.update(b_completed=len(b), b_missed=self.missed["B"],
+                       b_p50_s=round(statistics.median(b), 4) if b else None,
+                       b_p99_s=round(b[min(len(b) - 1, int(0.99 * len(b)))], 4) if b else None)
+        return out
+
+
+def b_arrivals(seconds: float, rate: float, seed: int) -> list[tuple[float, str]]:
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    while True:
+        t += rng.expovariate(rate)
+        if t >= seconds:
+            return out
+        out.append((t, rng.choice(COLD)))
+
+
+async def three_phases(make_call, args, arrivals) -> dict:
+    """A alone, B alone, both; each from a fresh system with A's model loaded."""
+    phases = {}
+    for name, a_clients, trace in (("a_alone", args.a_clients, None), ("b_alone", 0, arrivals),
+                                   ("together", args.a_clients, arrivals)):
+        call, close, stats = await make_call()
+        try:
+            await call(HOT, "A")  # A's model is resident when each phase starts
+            phases[name] = await Phase(call, args.seconds, args.deadline_s).run(a_clients, trace)
+            phases[name].update(await stats())
+        finally:
+            await close()
+    both = phases["together"]
+    b_alone, a_alone = phases["b_alone"]["b_p99_s"], phases["a_alone"]["a_rps"]
+    return {
+        **phases,
+        "b_p99_ratio": round(both["b_p99_s"] / b_alone, 3) if both.get("b_p99_s") and b_alone else None,
+        "a_throughput_ratio": round(both["a_rps"] / a_alone, 3) if a_alone else None,
+        "past_deadline": both.get("a_missed", 0) + both.get("b_missed", 0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--a-clients", type=int, default=4, help="team A's requests always in flight")
+    parser.add_argument("--b-rate", type=float, default=1.0)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--deadline-s", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-fraction", type=float, default=1 / 3,
+                        help="the replica's device budget, as a fraction of the twelve models' bytes")
+    parser.add_argument("--serve-models", type=int, default=3, help="Serve's max_num_models_per_replica")
+    parser.add_argument("--no-serve", action="store_true")
+    parser.add_argument("--zoo", default="var/zoo")
+    args = parser.parse_args()
+
+    import torch
+
+    from workers.pool import ModelPool
+    from workers.types import GenerationRequest, ModelSpec
+    from workers.zoo import build_zoo
+
+    torch.set_num_threads(1)
+    build_zoo(Path(args.zoo), TRACE_MODELS, progress=False)
+    paths = {m: str(Path(args.zoo) / m) for m in TRACE_MODELS}
+    specs = [ModelSpec(m, p) for m, p in paths.items()]
+    probe = ModelPool(specs, kv_reserve_tokens=256, prefix_cache_bytes=0)
+    sizes = {m: probe.footprint(m).total for m in TRACE_MODELS}
+    budget = int(sum(sizes.values()) * args.budget_fraction)
+    arrivals = b_arrivals(args.seconds, args.b_rate, args.seed)
+
+    def request(team: str) -> GenerationRequest:
+        return GenerationRequest(f"contention-{team}", prompt="Summarise the quarterly report in one line",
+                                 max_tokens=args.max_tokens, temperature=0.0, team=team)
+
+    async def muxgate():
+        pool = ModelPool(specs, torch_threads=1, device_budget_bytes=budget, host_budget_bytes=sum(sizes.values()),
+                         kv_reserve_tokens=256, prefix_cache_bytes=0, load_timeout_s=args.deadline_s)
+        pool.warm_up()
+
+        async def call(model, team):
+            async for _ in pool.generate(model, request(team)):
+                pass
+
+        async def close():
+            await asyncio.to_thread(pool.close)
+
+        async def stats():
+            s = pool.stats()
+            return {k: s[k] for k in ("loads", "evictions", "pauses", "queue_refusals")}
+
+        return call, close, stats
+
+    result = {"bench": "contention", "hot_model": HOT, "cold_models": len(COLD), "seconds": args.seconds,
+              "a_clients": args.a_clients, "b_rate": args.b_rate, "max_tokens": args.max_tokens,
+              "device_budget_bytes": budget, "b_requests": len(arrivals),
+              "muxgate": {"backend": "in-process ModelPool (no Ray)", **asyncio.run(three_phases(muxgate, args, arrivals))}}
+
+    if not args.no_serve:
+        import ray
+        from ray import serve
+
+        ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        try:
+            runs = iter(range(3))
+
+            async def serve_side():
+                name = f"contention{next(runs)}"
+                handle = await asyncio.to_thread(serve.run, serve_multiplexed_app(paths, args.serve_models, budget, sizes),
+                                                 name=name, route_prefix=None)
+
+                async def call(model, team):
+                    await handle.options(multiplexed_model_id=model).generate.remote(request(team))
+
+                async def close():
+                    await asyncio.to_thread(serve.delete, name)
+
+                async def stats():
+                    return await handle.stats.remote()
+
+                return call, close, stats
+
+            result["serve_multiplexed"] = {"max_num_models_per_replica": args.serve_models,
+                                           **asyncio.run(three_phases(serve_side, args, arrivals))}
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
