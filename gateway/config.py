@@ -24,7 +24,8 @@ class ServerConfig(Strict):
     host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(8000, ge=0, le=65535, description="Port the gateway listens on (0: any free port).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger gets 413.")
-    default_max_tokens: int = Field(256, ge=1, description="max_tokens applied when a request sets none.")
+    default_max_tokens: int = Field(256, ge=1, le=1_048_576, description="max_tokens applied when a request sets "
+                                    "none (at most 1048576, a request's own bound).")
     stream_first_token_timeout_s: float = Field(
         300.0, gt=0, description="How long a request may wait for its first token before it fails with 503.")
     stream_idle_timeout_s: float = Field(

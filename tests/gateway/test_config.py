@@ -39,6 +39,7 @@ def test_shipped_configs_are_valid():
     ({"keys": [{"team": "t"}]}, "keys[0]"),
     ({"pool": {"backend": "kubernetes"}}, "pool.backend"),
     ({"server": {"body_read_timeout_s": float("inf")}}, "server.body_read_timeout_s"),  # .inf: never
+    ({"server": {"default_max_tokens": 2**70}}, "server.default_max_tokens"),  # a request's bound too
     ({"routing": {"default_model": "ghost"}}, "default_model"),
     ({"models": [{"name": "m", "zoo": True}, {"name": "r", "upstream": {"base_url": "api.example.com/v1",
                                                                        "model": "x"}}]}, "models[1].upstream.base_url"),
