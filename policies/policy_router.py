@@ -195,7 +195,9 @@ class PolicyRouter:
             tier, why = (route.large, "adaptive_large") if large else (route.small, "adaptive_small")
             model = self._in_tier(tier, context)
         else:
-            score = self.classifier.score(messages=context.messages, prompt=context.prompt)
+            # the decision carries the features so the routed request's record does not featurise again
+            features = self.classifier.features(messages=context.messages, prompt=context.prompt)
+            score = self.classifier.score_features(features)
             tier, why = (route.large, "classifier_large") if score >= self.thresholds[name] else (route.small, "classifier_small")
             model = self._in_tier(tier, context)
         model, why = await self._downgraded(route, model, why, context)

@@ -24,9 +24,14 @@ POLICY = {
 class FixedScore:
     """A stand-in classifier: the score is the prompt's length / 100, capped at 1."""
 
-    def score(self, messages=None, prompt=None):
-        text = prompt if prompt is not None else " ".join(m["content"] for m in messages)
+    def features(self, messages=None, prompt=None):
+        return prompt if prompt is not None else " ".join(m["content"] for m in messages)
+
+    def score_features(self, text):
         return min(1.0, len(text) / 100)
+
+    def score(self, messages=None, prompt=None):
+        return self.score_features(self.features(messages, prompt))
 
 
 class Signals:
@@ -54,6 +59,7 @@ def test_classifier_picks_the_tier_and_names_why():
     assert (hard.model, hard.reason) == ("l1", "route:default:classifier_large")
     assert hard.score == pytest.approx(0.8)
     assert hard.fallbacks == ("l2", "s1", "s2", "fb")
+    assert hard.features == "x" * 80  # handed over, so the routed request's record does not featurise again
 
 
 def test_team_near_its_budget_is_steered_to_the_small_tier():
