@@ -362,14 +362,18 @@ class Engine:
         """Move waiting requests that fit into the running batch, in fair order (a request's
         choices together). One that does not fit is skipped, so a long request waiting for KV room
         does not hold up short ones behind it; but once a skipped one has been passed `max_bypass`
-        times, admission stops at it until the running sequences' KV leaves room for it."""
+        times, admission stops at it until the running sequences' KV leaves room for it.
+        Runs every step: one pass, the running batch's longest row computed once."""
         admitted: list[Sequence] = []
         skipped: list[Sequence] = []
+        longest = max((_full_length(s) for s in self._running), default=0)
         for seq in self._waiting:
+            if len(self._running) >= self.max_running:
+                break
             if seq.cancelled:
                 self._waiting.drop(seq)
                 continue
-            if not self._fits(seq):
+            if not self._fits(seq, longest):
                 skipped.append(seq)
                 continue
             if any(s.bypassed >= self.max_bypass for s in skipped):
@@ -379,18 +383,17 @@ class Engine:
             self._waiting.take(seq)
             self._running.extend([seq, *seq.forks])
             admitted.extend([seq, *seq.forks])
+            longest = max(longest, _full_length(seq))
         return admitted
 
-    def _fits(self, seq: Sequence) -> bool:
-        return len(self._running) + 1 + len(seq.forks) <= self.max_running and self._kv_fits(seq)
-
-    def _kv_fits(self, seq: Sequence) -> bool:
-        """Whether admitting `seq` keeps the batch's worst case (every admitted sequence at its full
-        length, rows of the dense cache as long as the longest) within the KV budget."""
-        if self.kv_budget_tokens is None or seq.cancelled:
-            return True
-        longest = max(len(s.prompt_ids) + s.max_new_tokens for s in (*self._running, seq))
-        return (len(self._running) + 1 + len(seq.forks)) * longest <= self.kv_budget_tokens
+    def _fits(self, seq: Sequence, longest: int) -> bool:
+        """Whether admitting `seq` (and its choices) keeps the batch within `max_running` rows and
+        its worst case (every admitted sequence at its full length, rows of the dense cache as long
+        as the longest, `longest` so far) within the KV budget."""
+        rows = len(self._running) + 1 + len(seq.forks)
+        if rows > self.max_running:
+            return False
+        return self.kv_budget_tokens is None or rows * max(longest, _full_length(seq)) <= self.kv_budget_tokens
 
     def _run(self, plan: StepPlan) -> StepOutput:
         """The model calls: each prefill chunk, then one forward for every row."""
@@ -534,6 +537,11 @@ class Engine:
     def _release(self, seq: Sequence) -> None:
         if seq.row is not None:
             self._batch.leave(seq)
+
+
+def _full_length(seq: Sequence) -> int:
+    """The KV positions a sequence may reach: its prompt and every token it may generate."""
+    return len(seq.prompt_ids) + seq.max_new_tokens
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

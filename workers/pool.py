@@ -236,9 +236,12 @@ class ModelPool:
         again (reloaded, if it was evicted meanwhile). Called counted in flight; returns counted."""
         deadline = time.monotonic() + self.load_timeout_s
         while True:
+            waited_for_load = model not in self._resident
             resident = await self._resident_model(model)
             gate = self._paused.get(model)
-            if gate is None and self._resident.get(model) is resident:
+            # a request that waited for this load is served even if the model was paused meanwhile:
+            # every load serves its waiters once, so two models swapping cannot starve each other
+            if (gate is None or waited_for_load) and self._resident.get(model) is resident:
                 return resident
             self._in_flight[model] -= 1
             self._room_changed()  # the paused model may be idle now
