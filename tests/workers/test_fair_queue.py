@@ -13,11 +13,16 @@ def serve(queue: FairQueue, n: int) -> list:
     return served
 
 
+def backlog(queue: FairQueue, n: int, **teams) -> None:
+    """`n` requests of cost 10 per team, interleaved; teams={label: (team id, push keywords)}."""
+    for i in range(n):
+        for label, (team, kw) in teams.items():
+            queue.push((label, i), team, cost=10, **kw)
+
+
 def test_backlogged_teams_are_served_in_proportion_to_their_weights():
     queue = FairQueue()
-    for i in range(60):
-        queue.push(("a", i), "a", cost=10)
-        queue.push(("b", i), "b", cost=10, weight=3.0)
+    backlog(queue, 60, a=("a", {}), b=("b", {"weight": 3.0}))
     first = serve(queue, 40)
     assert sum(team == "b" for team, _ in first) == 30  # 3:1
     assert [i for team, i in first if team == "a"] == list(range(10))  # each team's own order kept
@@ -39,9 +44,7 @@ def test_a_newcomer_goes_before_a_floods_backlog_and_the_flood_still_progresses(
 
 def test_priority_is_a_share_not_a_strict_level():
     queue = FairQueue()
-    for i in range(30):
-        queue.push(("low", i), "t1", cost=10)
-        queue.push(("high", i), "t2", cost=10, priority=1)
+    backlog(queue, 30, low=("t1", {}), high=("t2", {"priority": 1}))
     first = serve(queue, 30)
     assert sum(kind == "low" for kind, _ in first) == 10  # 1 : 2**1, never zero
 
