@@ -176,6 +176,12 @@ class Engine:
             return not self._stepping and not any(not (s.cancelled or s.finished)
                                                   for s in (*self._waiting, *self._running))
 
+    def lends(self, draft_model) -> bool:
+        """Whether a sequence still here (waiting, or in the running batch, whose members leave only
+        between steps: a step in progress counts) speculates with `draft_model`'s weights."""
+        with self._wake:
+            return any(s.draft is not None and s.draft.model is draft_model for s in (*self._waiting, *self._running))
+
     @property
     def kv_bytes(self) -> int:
         """Bytes held for KV: the running batch's slots plus the prefix cache."""

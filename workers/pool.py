@@ -331,7 +331,7 @@ class ModelPool:
                 task = asyncio.ensure_future(self._resident_model(name))
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failure: logged by _load
             return None
-        if not self._drafts_compatible(model, name):
+        if not self._drafts_compatible(model, name) or name in self._paused:  # a paused draft must drain too
             return None
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
         # the draft's weights run inside `model`'s steps, which may outlast this stream
@@ -459,8 +459,10 @@ class ModelPool:
         if self._in_flight.get(model) or not self._resident[model].engine.idle:
             return False
         borrowers = self._borrowers.get(model)
-        if borrowers:  # a borrower gone idle has dropped its sequences, and with them the draft
-            borrowers -= {b for b in borrowers if b not in self._resident or self._resident[b].engine.idle}
+        if borrowers:  # a borrower gone idle, or whose sequences no longer hold the draft, is done with it
+            weights = self._resident[model].engine.model
+            borrowers -= {b for b in borrowers if b not in self._resident or self._resident[b].engine.idle
+                          or not self._resident[b].engine.lends(weights)}
         return not borrowers
 
     def _device_room(self) -> int:

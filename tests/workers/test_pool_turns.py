@@ -41,3 +41,38 @@ def test_a_cold_model_gets_its_turn_on_a_replica_busy_with_a_hot_one(zoo_dir):
     assert stats["pauses"] >= 1 and stats["evictions"] >= 2  # out for the cold one, and the swap back
     assert stats["resident"] == ["mux-2m"] and stats["paused"] == []
     pool.close()
+
+
+def test_a_paused_draft_is_no_longer_lent_so_it_drains(zoo_dir):
+    """The cheapest model to swap out is a draft lent to every stream of a flooded model: once it is
+    paused, new streams decode without it, so it goes idle and the waiting load gets its room."""
+    from workers.zoo import build_zoo
+
+    build_zoo(zoo_dir, ["mux-40m", "mux-40m-draft"], progress=False)
+    pool = ModelPool([ModelSpec(n, str(zoo_dir / n)) for n in ("mux-40m", "mux-40m-draft", "mux-2m")],
+                     max_resident=2, kv_reserve_tokens=64, torch_threads=1, load_timeout_s=15)
+
+    async def ask(model, **kw):
+        r = GenerationRequest("t", prompt="hi there", max_tokens=6, temperature=0.0, **kw)
+        return [c async for c in pool.generate(model, r)][-1]
+
+    async def flood(stop: asyncio.Event, answers: list):
+        while not stop.is_set():  # every stream borrows the draft while it is lent
+            answers.append(await ask("mux-40m", draft_model="mux-40m-draft", draft_tokens=3))
+
+    async def go():
+        await ask("mux-40m-draft")
+        await ask("mux-40m")
+        pool._resident["mux-40m"].load_seconds = 1e6  # the draft is the cheapest to swap out
+        stop, answers = asyncio.Event(), []
+        flooders = [asyncio.ensure_future(flood(stop, answers)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        try:
+            return await ask("mux-2m")  # before: the paused draft stayed lent, and this load timed out
+        finally:
+            stop.set()
+            await asyncio.gather(*flooders)
+
+    assert asyncio.run(go()).finish_reason is not None
+    assert "mux-40m" in pool.stats()["resident"] and pool.stats()["pauses"] >= 1
+    pool.close()
