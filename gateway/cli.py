@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--config", default=None, help="also check that every model it names is served by this config")
     pc.set_defaults(func=_policy_check)
 
-    from gateway.admin_cli import register
+    from gateway.tenancy.admin_cli import register
 
     register(sub, DEFAULT_CONFIG)  # teams, keys, report
     return parser
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from gateway.logs import configure_logging
+    from gateway.http.logs import configure_logging
 
     configure_logging(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     try:

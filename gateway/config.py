@@ -202,7 +202,7 @@ class UpstreamConfig(Strict):
     @classmethod
     def _http_url(cls, value: str) -> str:
         # the upstream client speaks HTTP/1.1 over TCP or TLS; anything else fails at start, not per request
-        from gateway.http_client import split_base_url
+        from gateway.upstreams.http_client import split_base_url
 
         split_base_url(value)
         return value

@@ -10,11 +10,11 @@ import sys
 
 import uvicorn
 
-from gateway.app import create_app
-from gateway.auth import resolve_key
-from gateway.backends import Backend, InProcessBackend, RayServeBackend
+from gateway.http.app import create_app
+from gateway.tenancy.auth import resolve_key
+from gateway.upstreams.backends import Backend, InProcessBackend, RayServeBackend
 from gateway.config import MuxgateConfig
-from gateway.tenancy import resolve_admin_key
+from gateway.tenancy.wiring import resolve_admin_key
 from workers.types import ModelSpec
 
 log = logging.getLogger("muxgate.server")
@@ -38,7 +38,7 @@ def ensure_gguf(config: MuxgateConfig) -> None:
 
 
 def upstream_backends(config: MuxgateConfig) -> dict:
-    from gateway.upstream import UpstreamBackend
+    from gateway.upstreams.remote import UpstreamBackend
 
     out = {}
     for m in config.models:
@@ -74,7 +74,7 @@ def pool_options(config: MuxgateConfig) -> dict:
 
 def make_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | None = None) -> Backend:
     """The pool (Ray Serve or in-process) plus any remote upstreams, behind one Backend."""
-    from gateway.upstream import RoutedBackends
+    from gateway.upstreams.remote import RoutedBackends
 
     return RoutedBackends(make_pool_backend(config, use_ray, ray_address), upstream_backends(config))
 

@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
 
     rows = load_rows(args.data, args.rows, args.seed)

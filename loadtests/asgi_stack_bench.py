@@ -9,7 +9,7 @@ The same trivial ASGI endpoint (a small JSON body) behind, in turns within each 
 ``starlette.routing.Router``), ``exceptions_router`` (plus ``ExceptionMiddleware``) and
 ``starlette`` (a ``Starlette`` app with the middleware added, what the gateway builds: server-error
 and exception middleware, the router). The router holds as many routes as the gateway, the hot one
-first, as in gateway/app.py. Prints one JSON line: microseconds per call (median over rounds) and
+first, as in gateway/http/app.py. Prints one JSON line: microseconds per call (median over rounds) and
 each stack's extra over ``direct``.
 """
 
@@ -26,7 +26,7 @@ from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route, Router
 
-GATEWAY_ROUTES = 30  # about what gateway/app.py registers (inference, models, admin, reports, probes)
+GATEWAY_ROUTES = 30  # about what gateway/http/app.py registers (inference, models, admin, reports, probes)
 
 
 class PassThrough:
@@ -41,7 +41,7 @@ class PassThrough:
 
 
 class Endpoint:
-    """A plain ASGI app, as gateway/app.py's `_AsgiEndpoint` (a function would get Starlette's
+    """A plain ASGI app, as gateway/http/app.py's `_AsgiEndpoint` (a function would get Starlette's
     per-route request wrapper, which the gateway's inference routes skip)."""
 
     async def __call__(self, scope, receive, send):

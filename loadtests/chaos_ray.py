@@ -112,7 +112,7 @@ async def replica_killed(zoo_dir: Path, workdir: Path, workers: int = 2, before:
     the new replica and succeed; Serve starts a new replica and later requests succeed."""
     import ray
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
     from workers.serve_app import shutdown_pool

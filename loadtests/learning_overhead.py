@@ -61,7 +61,7 @@ def serve(config_path: str, record: bool) -> None:
     """One system's gateway (run as a subprocess of the benchmark)."""
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import load_config
     from gateway.server import make_backend
 

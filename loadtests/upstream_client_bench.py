@@ -1,4 +1,4 @@
-"""CPU per upstream call: muxgate's HTTP client (gateway/http_client.py) against aiohttp's pooled
+"""CPU per upstream call: muxgate's HTTP client (gateway/upstreams/http_client.py) against aiohttp's pooled
 client, both sending the gateway's streamed chat call to the fake upstream and reading its SSE
 answer whole, sequentially, in the same process, in alternating rounds.
 
@@ -41,7 +41,7 @@ async def _aiohttp_call(session, url: str, body: bytes) -> int:
 async def measure(base_url: str, calls: int, rounds: int) -> dict:
     import aiohttp
 
-    from gateway.http_client import HTTPClient
+    from gateway.upstreams.http_client import HTTPClient
 
     body = json.dumps(BODY).encode()
     client = HTTPClient(base_url)

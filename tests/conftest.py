@@ -20,7 +20,7 @@ def zoo_dir() -> Path:
 @pytest.fixture
 def start_server():
     """Factory: start_server(config_dict, backend=None) -> running ServerThread (stopped at teardown)."""
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 
@@ -40,7 +40,7 @@ def start_server():
 @pytest.fixture(scope="module")
 def gateway(zoo_dir):
     """The default test gateway (in-process pool), shared by a module's tests."""
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

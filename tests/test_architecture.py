@@ -13,7 +13,7 @@ def imported_after(statement: str) -> set[str]:
 
 
 def test_gateway_does_not_import_torch():
-    mods = imported_after("import gateway.app, gateway.server, gateway.cli, gateway.backends")
+    mods = imported_after("import gateway.http.app, gateway.server, gateway.cli, gateway.upstreams.backends")
     assert "torch" not in mods
     assert "transformers" not in mods
 

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import replace
 
-from gateway.keys import GeneratedKey, display_prefix, generate_key, parse_key_id, verify_key
+from gateway.tenancy.keys import GeneratedKey, display_prefix, generate_key, parse_key_id, verify_key
 from gateway.store.errors import InvalidInput
 from gateway.store.money import optional_micros_to_usd
 from gateway.store.records import UNSET, ApiKey, Principal, Team

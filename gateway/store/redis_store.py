@@ -24,7 +24,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from gateway.keys import hash_key
+from gateway.tenancy.keys import hash_key
 from gateway.store import redis_scripts as scripts
 from gateway.store.entities import (
     authenticate,

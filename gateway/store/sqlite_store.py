@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gateway.keys import hash_key
+from gateway.tenancy.keys import hash_key
 from gateway.store import sqlite_admission as admission
 from gateway.store.entities import (
     authenticate,

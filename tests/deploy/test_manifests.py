@@ -313,7 +313,7 @@ def test_gateway_command_reads_the_mounted_config_and_joins_the_pool_head():
 
 
 def test_gateway_secrets_exist_and_the_placeholder_admin_key_is_refused():
-    from gateway.tenancy import MIN_ADMIN_KEY_LENGTH
+    from gateway.tenancy.wiring import MIN_ADMIN_KEY_LENGTH
 
     secret = yaml_docs(DEPLOY / "kubernetes" / "secret.yaml")[0]
     data, _ = configmap_config()
@@ -559,13 +559,13 @@ def exported_metrics() -> dict[str, set[str]]:
     """Every series name muxgate's /metrics can expose, with its labels (from the real definitions)."""
     from prometheus_client import CollectorRegistry
 
-    from gateway.metrics import GatewayMetrics
+    from gateway.http.metrics import GatewayMetrics
     from gateway.pool_metrics import PoolMetricsCollector
 
     families: list[tuple[str, str, tuple]] = []
     registries = [GatewayMetrics().registry]
     try:  # tenancy metrics are optional here: their module may change shape under other work
-        from gateway.tenancy_metrics import LedgerBufferCollector, TenancyMetrics
+        from gateway.tenancy.metrics import LedgerBufferCollector, TenancyMetrics
 
         registry = CollectorRegistry()
         TenancyMetrics(registry)

@@ -23,7 +23,7 @@ def upstream():
 
 @pytest.fixture(scope="module")
 def remote_gateway(upstream, zoo_dir):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

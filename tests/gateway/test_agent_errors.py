@@ -27,7 +27,7 @@ class CountingBackend(WrappedBackend):
 
 @pytest.fixture(scope="module")
 def counted(zoo_dir):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
     from support import ServerThread
@@ -138,7 +138,7 @@ def test_the_official_client_raises_bad_request_for_bad_tools(counted):
 def test_a_valid_agent_request_does_reach_the_backend(counted):
     # the counter above counts: the same request without its fault is dispatched, a small body
     # parsed on the event loop and a large one (many tools) in a worker thread alike
-    from gateway.openai_api import OFF_LOOP_PARSE_BYTES
+    from gateway.http.openai_api import OFF_LOOP_PARSE_BYTES
 
     many = [{"type": "function", "function": {"name": f"t{i}", "description": "d" * 200,
                                               "parameters": TOOL["function"]["parameters"]}} for i in range(100)]

@@ -95,7 +95,7 @@ def test_admissions_prompt_bound_covers_a_tool_requests_real_prompt(openai_clien
     # rendered prompt's bytes (what bounds the tokens of any byte-level tokenizer)
     from transformers import AutoTokenizer
 
-    from gateway.estimate import prompt_token_bound
+    from gateway.tenancy.estimate import prompt_token_bound
     from workers.tool_format import render_chat
     from workers.types import GenerationRequest
 

@@ -5,9 +5,9 @@ import httpx
 import openai
 import pytest
 
-from gateway.auth_limiter import FailedAuthLimiter
+from gateway.tenancy.auth_limiter import FailedAuthLimiter
 from gateway.config import ConfigError, parse_config
-from gateway.errors import RateLimited
+from gateway.http.errors import RateLimited
 from support import KEY_ALPHA, make_config
 
 

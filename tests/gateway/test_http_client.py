@@ -8,7 +8,7 @@ import ssl
 
 import pytest
 
-from gateway.http_client import ConnectionFailed, HTTPClient
+from gateway.upstreams.http_client import ConnectionFailed, HTTPClient
 from loadtests.gateway_overhead import read_http_message
 
 

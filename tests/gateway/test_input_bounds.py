@@ -6,7 +6,7 @@ import dataclasses
 import httpx
 import pytest
 
-from gateway.openai_api import MAX_MESSAGES, MAX_STOP_CHARS, MAX_TOKENS
+from gateway.http.openai_api import MAX_MESSAGES, MAX_STOP_CHARS, MAX_TOKENS
 from support import KEY_ALPHA, WrappedBackend, make_config
 
 
@@ -19,7 +19,7 @@ class UnknownContext(WrappedBackend):
 
 @pytest.fixture(scope="module")
 def bounded_gateway(zoo_dir):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
     from support import ServerThread

@@ -23,7 +23,7 @@ class SeesPaths:
 
 
 def test_a_middleware_added_inside_sees_inference_requests(zoo_dir):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

@@ -5,7 +5,7 @@ import logging
 
 import httpx
 
-from gateway.logs import JsonFormatter
+from gateway.http.logs import JsonFormatter
 from support import KEY_ALPHA
 
 SECRET_PROMPT = "my-very-private-prompt-text-42"

@@ -15,7 +15,7 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def client():
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

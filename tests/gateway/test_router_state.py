@@ -1,4 +1,4 @@
-"""The router's learned state and the store (gateway/router_state.py), on a real SQLite file:
+"""The router's learned state and the store (gateway/learning/router_state.py), on a real SQLite file:
 loaded at start, saved by each tick (the last writer wins), a newer refit in the store is loaded
 instead of saved over, and a reloaded policy's weights directory brings its refit in."""
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gateway.router_state import FITTED_STATE_FILE, RouterStateSync, state_document
+from gateway.learning.router_state import FITTED_STATE_FILE, RouterStateSync, state_document
 from gateway.store import open_store
 from policies.policy import parse_policy
 

@@ -5,7 +5,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from gateway.openapi import openapi_document
+from gateway.http.openapi import openapi_document
 from support import KEY_ALPHA
 
 schema = schemathesis.openapi.from_dict(openapi_document())

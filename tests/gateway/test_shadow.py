@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gateway.judges import parse_verdict, rule_scores, verdict_scores
+from gateway.learning.judges import parse_verdict, rule_scores, verdict_scores
 from policies.schema import ShadowJudge
 from support import KEY_ALPHA, WrappedBackend
 from learning_testkit import ask, learning_config, stored

@@ -29,7 +29,7 @@ class StallsAfterOneToken(WrappedBackend):
 
 @pytest.fixture(scope="module")
 def stalling_gateway(zoo_dir):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 
@@ -75,8 +75,8 @@ def test_a_whole_answer_that_stalls_is_a_503(stalling_gateway):
 def test_running_requests_reservations_are_renewed(zoo_dir, tmp_path):
     """A request admitted with a budget, still running when its reservation would expire: the
     renewal keeps its hold, so a second request that only fits if it expired is refused."""
-    from gateway.admission import StoreAdmission
-    from gateway.app import create_app
+    from gateway.tenancy.admission import StoreAdmission
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

@@ -3,7 +3,7 @@ pool's prefix KV cache are scoped to the team that made the request."""
 
 import openai
 
-from gateway.completions import team_session
+from gateway.http.completions import team_session
 from support import KEY_ALPHA, KEY_BETA
 
 PROMPT = "Summarise the quarterly report for the board in three short bullet points, please. " * 3

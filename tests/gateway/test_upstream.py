@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from gateway.errors import BackendUnavailable
-from gateway.upstream import RoutedBackends, UpstreamBackend
+from gateway.http.errors import BackendUnavailable
+from gateway.upstreams.remote import RoutedBackends, UpstreamBackend
 from loadtests.fake_upstream import app as fake_upstream
 from support import ServerThread
 from workers.types import GenerationRequest
@@ -94,7 +94,7 @@ class _Pieces:
 
 
 def _events(*pieces: bytes) -> list:
-    from gateway.upstream import _sse_events
+    from gateway.upstreams.remote import _sse_events
 
     async def go():
         out = []
@@ -120,7 +120,7 @@ def test_sse_events_before_a_bad_line_still_arrive_before_the_error():
 
 
 def _chunks(*pieces: bytes, estimate: int) -> list:
-    from gateway.upstream import _parse_stream
+    from gateway.upstreams.remote import _parse_stream
 
     async def go():
         return [c async for c in _parse_stream(_Pieces(*pieces), estimate)]
@@ -148,7 +148,7 @@ def test_the_upstreams_usage_replaces_the_estimate():
 
 
 def test_prompt_estimate_counts_about_four_bytes_a_token_plus_the_template():
-    from gateway.estimate import prompt_token_bound, prompt_token_estimate
+    from gateway.tenancy.estimate import prompt_token_bound, prompt_token_estimate
 
     chat = GenerationRequest("r", messages=[{"role": "system", "content": "x" * 40},
                                             {"role": "user", "content": "y" * 80}])
@@ -177,8 +177,8 @@ def test_choices_keep_their_index_and_the_usage_total_is_split_over_them():
 
 
 def test_an_upstream_429_with_an_http_date_is_a_429_with_its_delay():
-    from gateway.errors import RateLimited
-    from gateway.upstream import _upstream_error, retry_after_seconds
+    from gateway.http.errors import RateLimited
+    from gateway.upstreams.remote import _upstream_error, retry_after_seconds
 
     err = _upstream_error("remote", 429, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, b"{}")
     assert isinstance(err, RateLimited) and err.retry_after == 0.0  # a date in the past: now

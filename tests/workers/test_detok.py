@@ -123,7 +123,7 @@ def test_stop_matching_agrees_with_brute_force_on_overlapping_repetitive_strings
 
 
 def test_a_stop_string_of_the_longest_allowed_length_is_found_and_held():
-    from gateway.openai_api import MAX_STOP_CHARS
+    from gateway.http.openai_api import MAX_STOP_CHARS
 
     stop = "ab" * (MAX_STOP_CHARS // 2)
     s = StopTextStream(CharTokenizer(), [stop])

@@ -185,7 +185,7 @@ def test_an_evicted_engine_leaves_nothing_behind(zoo_dir):
 
 
 def test_the_in_process_backend_closes_its_pool_off_the_event_loop(zoo_dir):
-    from gateway.backends import InProcessBackend
+    from gateway.upstreams.backends import InProcessBackend
 
     backend = InProcessBackend([ModelSpec("mux-2m", str(zoo_dir / "mux-2m"))], kv_reserve_tokens=64, torch_threads=1)
 

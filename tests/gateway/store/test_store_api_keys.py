@@ -1,4 +1,4 @@
-"""gateway/keys.py, money and open_store: the pieces both backends build on."""
+"""gateway/tenancy/keys.py, money and open_store: the pieces both backends build on."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.keys import generate_key, hash_key, parse_key_id, verify_key
+from gateway.tenancy.keys import generate_key, hash_key, parse_key_id, verify_key
 from gateway.store import InvalidInput, RedisStore, SQLiteStore, UsageRecord, open_store
 from gateway.store.money import micros_to_usd, to_usd, usd_to_micros
 

@@ -23,7 +23,7 @@ def anyio_backend():
 @pytest.fixture(scope="module")
 def tenant_gateway(zoo_dir, tmp_path_factory):
     """A gateway (in-process pool, both test models) on its own SQLite store."""
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

@@ -4,10 +4,10 @@ import asyncio
 
 import pytest
 
-from gateway.callers import ADMIN, AdminKey, StoreAuthenticator, team_scope
-from gateway.errors import Forbidden, Unauthorized
+from gateway.tenancy.callers import ADMIN, AdminKey, StoreAuthenticator, team_scope
+from gateway.http.errors import Forbidden, Unauthorized
 from gateway.store import Principal, StoreUnavailable
-from gateway.tenancy_errors import StoreDown
+from gateway.tenancy.errors import StoreDown
 
 pytestmark = pytest.mark.anyio
 

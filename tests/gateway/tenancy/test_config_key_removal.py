@@ -20,7 +20,7 @@ def store_url(request, tmp_path):
 
 
 def _serve(zoo_dir, store_url, keys):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

@@ -5,8 +5,8 @@ from decimal import Decimal
 import pytest
 
 from gateway.config import PricingConfig
-from gateway.costs import CostModel
-from gateway.estimate import REQUEST_OVERHEAD_TOKENS, prompt_token_bound
+from gateway.tenancy.costs import CostModel
+from gateway.tenancy.estimate import REQUEST_OVERHEAD_TOKENS, prompt_token_bound
 from workers.types import GenerationRequest
 
 PRICING = PricingConfig.model_validate({"models": [

@@ -16,7 +16,7 @@ import openai
 import pytest
 import yaml
 
-from gateway.errors import BackendFailed
+from gateway.http.errors import BackendFailed
 from gateway.store import StoreUnavailable
 from support import KEY_ALPHA, KEY_BETA, ServerThread, WrappedBackend
 from tenancy_testkit import ADMIN_KEY, tenancy_config
@@ -57,7 +57,7 @@ class FlakyStore:
 
 @pytest.fixture(scope="module")
 def mixed_gateway(zoo_dir, tmp_path_factory):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
     from gateway.store import open_store

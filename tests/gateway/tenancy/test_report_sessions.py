@@ -5,8 +5,8 @@ import httpx
 from support import make_config
 from tenancy_testkit import ADMIN_KEY, Admin, session_header, tenancy_config
 
-from gateway.report_session import ReportSessions
-from gateway.callers import ADMIN
+from gateway.tenancy.report_session import ReportSessions
+from gateway.tenancy.callers import ADMIN
 
 
 def test_a_revoked_keys_session_ends_at_once(tenant_gateway):

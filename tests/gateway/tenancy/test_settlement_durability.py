@@ -43,7 +43,7 @@ def _records(db) -> list[str]:
 
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "no-journal"])
 def test_a_busy_store_delays_the_answer_only_without_the_journal(zoo_dir, tmp_path, journal):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

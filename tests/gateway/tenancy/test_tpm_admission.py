@@ -34,7 +34,7 @@ def store_url(request, tmp_path):
 
 
 def test_a_burst_against_a_tpm_limit_admits_what_fits_at_the_real_count_and_never_more(zoo_dir, store_url):
-    from gateway.app import create_app
+    from gateway.http.app import create_app
     from gateway.config import parse_config
     from gateway.server import make_backend
 

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from gateway.config import PricingConfig
-from gateway.costs import CostModel
-from gateway.estimate import prompt_token_bound
+from gateway.tenancy.costs import CostModel
+from gateway.tenancy.estimate import prompt_token_bound
 from tenancy_testkit import Admin, GatewayProcess, redis_prefix, tenancy_config
 from workers.types import GenerationRequest
 

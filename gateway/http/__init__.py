@@ -1,0 +1,1 @@
+"""The HTTP surface: the Starlette app, the OpenAI request and response schemas, the request path, errors, logs and metrics."""

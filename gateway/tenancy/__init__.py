@@ -1,0 +1,1 @@
+"""Teams and their keys: authentication, admission against budgets and rate limits, costs, usage reports, admin."""

@@ -1,0 +1,1 @@
+"""Where a routed request goes: the Backend interface, the pool backends and remote OpenAI-compatible upstreams."""
