@@ -92,6 +92,19 @@ class WrappedBackend:
         await self.inner.close()
 
 
+def wait_until(predicate, timeout_s: float = 15.0, every_s: float = 0.05, what: str = "the condition"):
+    """The predicate's first truthy value, polled every ``every_s``; AssertionError naming ``what``
+    if it stays falsy for ``timeout_s`` (for work a server finishes in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
+
+
 async def engine_drained(engine, polls: int = 200, every_s: float = 0.01) -> bool:
     """Whether the engine's in-flight count reaches 0 within polls x every_s (a stream a client
     closed frees its sequence at the engine's next step)."""

@@ -5,14 +5,13 @@ reads of the gateway's own store."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import yaml
 
-from support import make_config
+from support import make_config, wait_until
 
 PAIR = "mux-2m->mux-5m"  # the pair of learning_config's route
 
@@ -34,13 +33,8 @@ def stored(config: dict, action):
 
 
 def wait_routed(config: dict, team: str, request_id: str, timeout_s: float = 10.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        found = stored(config, lambda s: s.routed_request(team, request_id))
-        if found is not None:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{request_id} was never recorded")
+    return wait_until(lambda: stored(config, lambda s: s.routed_request(team, request_id)), timeout_s,
+                      what=f"{request_id} to be recorded")
 
 
 def learning_config(tmp_path: Path, zoo_dir: Path, threshold: float = 1.0, **overrides) -> dict:

@@ -10,7 +10,7 @@ import yaml
 from learning_testkit import PAIR, ask, feedback, learning_config, seed_outcomes, stored, wait_routed
 
 from gateway.cli import main
-from support import KEY_ALPHA
+from support import KEY_ALPHA, wait_until
 
 
 def adaptive_config(tmp_path, zoo_dir) -> dict:
@@ -46,12 +46,7 @@ def test_feedback_teaches_the_router_and_the_next_gateway_starts_from_it(tmp_pat
 
 
 def wait_labels(server, n: int, timeout_s: float = 20.0) -> None:
-    import time
-
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and labels_seen(server) != n:
-        time.sleep(0.1)
-    assert labels_seen(server) == n
+    wait_until(lambda: labels_seen(server) == n, timeout_s, every_s=0.1, what=f"{n} labels seen")
 
 
 def test_a_refit_reaches_a_running_gateway_through_the_store_and_through_hot_reload(tmp_path, zoo_dir, start_server,

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.learning.judges import parse_verdict, rule_scores, verdict_scores
 from policies.schema import ShadowJudge
-from support import KEY_ALPHA, WrappedBackend
+from support import KEY_ALPHA, WrappedBackend, wait_until
 from learning_testkit import ask, learning_config, stored
 from workers.types import GenerationChunk
 
@@ -56,16 +56,6 @@ def shadow_server(tmp_path, zoo_dir, start_server, judge: dict, budget_usd=None,
     return server, config, backend, server.app.state.gateway.learning.shadow
 
 
-def wait_for(predicate, timeout_s: float = 15.0):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def shadow_outcomes(config):
     return [o for o in stored(config, lambda s: s.outcomes(0, 2**32)) if o.source == "shadow"]
 
@@ -78,11 +68,11 @@ def test_the_client_never_waits_for_the_shadow_and_a_rule_judge_labels_both_tier
     answer = ask(server, KEY_ALPHA)
     assert answer.choices[0].message.content == SMALL_ANSWER  # routed small (threshold 1.0)
     rid = answer.id.removeprefix("chatcmpl-")
-    wait_for(lambda: f"{rid}-shadow" in backend.calls)  # the shadow started, after the answer...
+    wait_until(lambda: f"{rid}-shadow" in backend.calls)  # the shadow started, after the answer...
     assert time.perf_counter() - started < 20
     assert shadow_outcomes(config) == []  # ...and is still held
     backend.release.set()
-    outcome, = wait_for(lambda: shadow_outcomes(config))
+    outcome, = wait_until(lambda: shadow_outcomes(config))
     assert (outcome.request_id, outcome.routed, outcome.small_score, outcome.large_score, outcome.team) == \
         (rid, "small", 0.0, 1.0, "alpha")
     # charged to the budget team under its shadow key, not to the client's team
@@ -97,7 +87,7 @@ def test_the_client_never_waits_for_the_shadow_and_a_rule_judge_labels_both_tier
 def test_a_judge_model_is_called_through_muxgate_and_its_verdict_labels_the_tiers(tmp_path, zoo_dir, start_server):
     server, config, backend, shadow = shadow_server(tmp_path, zoo_dir, start_server, {"model": "mux-5m"})
     rids = [ask(server, KEY_ALPHA, f"question {i}").id.removeprefix("chatcmpl-") for i in range(4)]
-    outcomes = wait_for(lambda: len(shadow_outcomes(config)) == 4 and shadow_outcomes(config))
+    outcomes = wait_until(lambda: len(shadow_outcomes(config)) == 4 and shadow_outcomes(config))
     # whichever order the judge saw them in, the large tier's answer (42) won
     assert sorted((o.request_id, o.small_score, o.large_score) for o in outcomes) == \
         sorted((rid, 0.0, 1.0) for rid in rids)
@@ -111,7 +101,7 @@ def test_the_budget_teams_budget_stops_shadow_evaluation(tmp_path, zoo_dir, star
                                                     budget_usd=0.001, pricing=pricing)
     answer = ask(server, KEY_ALPHA)
     assert answer.choices[0].message.content == SMALL_ANSWER
-    wait_for(lambda: shadow.counts["refused"] == 1)
+    wait_until(lambda: shadow.counts["refused"] == 1)
     assert shadow_outcomes(config) == []
     assert not any(c.endswith("-shadow") for c in backend.calls)  # refused before any generation
 
@@ -122,7 +112,7 @@ def test_shadow_work_beyond_the_queue_is_dropped_not_queued(tmp_path, zoo_dir, s
     limit = shadow.config.max_concurrent + shadow.config.max_queued
     for i in range(limit + 3):
         ask(server, KEY_ALPHA, f"burst {i}")
-    wait_for(lambda: shadow.counts["submitted"] + shadow.counts["dropped"] == limit + 3)
+    wait_until(lambda: shadow.counts["submitted"] + shadow.counts["dropped"] == limit + 3)
     assert shadow.counts["dropped"] >= 3
     backend.release.set()
 

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from support import KEY_ALPHA, ServerThread, WrappedBackend, make_config
+from support import KEY_ALPHA, ServerThread, WrappedBackend, make_config, wait_until
 from workers.types import GenerationChunk
 
 
@@ -42,13 +42,6 @@ def stalling_gateway(zoo_dir):
         yield server
 
 
-def _wait_for(predicate, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return predicate()
-
-
 def test_a_stream_silent_mid_answer_fails_in_band_and_is_closed_and_settled(stalling_gateway):
     gw = stalling_gateway.app.state.gateway
     before = stalling_gateway.backend.closed
@@ -60,8 +53,8 @@ def test_a_stream_silent_mid_answer_fails_in_band_and_is_closed_and_settled(stal
     assert json.loads(events[0])["choices"][0]["delta"].get("content") in (None, "", "Hel")
     error = json.loads(events[-1])["error"]
     assert "sent nothing for 0.5s" in error["message"]
-    assert _wait_for(lambda: stalling_gateway.backend.closed == before + 1)
-    assert _wait_for(lambda: not gw.tenancy.admission._running)  # settled: nothing still held
+    wait_until(lambda: stalling_gateway.backend.closed == before + 1, timeout_s=10.0, every_s=0.02, what="the stream to be closed")
+    wait_until(lambda: not gw.tenancy.admission._running, timeout_s=10.0, every_s=0.02, what="settlement")  # nothing still held
 
 
 def test_a_whole_answer_that_stalls_is_a_503(stalling_gateway):
