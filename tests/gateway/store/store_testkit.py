@@ -5,6 +5,7 @@ OS processes run. Imported by conftest.py and the tests (and by spawned child pr
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from datetime import datetime, timezone
@@ -172,3 +173,14 @@ async def acme_reservations(store, n):
     await store.create_team("Acme", team_id="acme", budget_usd="100")
     principal = await store.lookup((await store.create_key("acme")).secret)
     return [await store.reserve(principal, "small", "0.5", 100) for _ in range(n)]
+
+
+def as_older_schema(path: Path, statements: list[str], version: int) -> None:
+    """Make a SQLite store file what an older muxgate wrote: run ``statements`` (dropping what
+    later schemas added) and set ``user_version`` to ``version``, so a reopen must migrate it."""
+    conn = sqlite3.connect(path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()

@@ -7,7 +7,7 @@ import dataclasses
 import sqlite3
 
 import pytest
-from store_testkit import acme_reservations, usage_for
+from store_testkit import acme_reservations, as_older_schema, usage_for
 
 from gateway.store import InvalidInput, UsageRecord
 
@@ -50,12 +50,8 @@ async def test_a_version_1_sqlite_file_is_migrated_keeping_its_ledger(tmp_path):
     assert await store.settle(first, usage_for(first)) is True
     await shared.aclose()
     # make it the file an older muxgate wrote: usage_records without the agent columns
-    conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE usage_records DROP COLUMN constrained")
-    conn.execute("ALTER TABLE usage_records DROP COLUMN tool_calls")
-    conn.execute("PRAGMA user_version = 1")
-    conn.commit()
-    conn.close()
+    as_older_schema(path, ["ALTER TABLE usage_records DROP COLUMN constrained",
+                           "ALTER TABLE usage_records DROP COLUMN tool_calls"], 1)
 
     reopened = Backend("sqlite", sqlite_path=path)
     try:

@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 import redis
-from store_testkit import T0, Backend, FakeClock, acme_reservations, usage_for
+from store_testkit import T0, Backend, FakeClock, acme_reservations, as_older_schema, usage_for
 
 from gateway.store import InvalidInput, RoutedRequest, open_store
 from policies.features import RequestFeatures
@@ -126,12 +126,8 @@ async def test_a_version_2_sqlite_file_is_migrated_keeping_its_ledger(tmp_path):
     first, = await acme_reservations(store, 1)
     assert await store.settle(first, usage_for(first)) is True
     await shared.aclose()
-    conn = sqlite3.connect(path)  # what a version-2 muxgate wrote: no outcome tables
-    for table in ("routed_requests", "outcomes", "router_state"):
-        conn.execute(f"DROP TABLE {table}")
-    conn.execute("PRAGMA user_version = 2")
-    conn.commit()
-    conn.close()
+    # what a version-2 muxgate wrote: no outcome tables
+    as_older_schema(path, [f"DROP TABLE {table}" for table in ("routed_requests", "outcomes", "router_state")], 2)
 
     reopened = Backend("sqlite", sqlite_path=path)
     try:
