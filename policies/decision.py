@@ -14,6 +14,8 @@ class RoutingDecision:
     # speculative decoding opted in by the route: served model -> draft model, tokens per step
     drafts: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     draft_tokens: int = 0
+    # the route's share multiplier in the pool's fair queue (2**priority), put on the GenerationRequest
+    priority: int = 0
     # set when an adaptive router decided (policies/adaptive.py): the route's model pair and the
     # request's features, which an outcome of this request must carry (policies/outcome.py)
     pair: str | None = None

@@ -92,6 +92,12 @@ class RoutePolicy(Strict):
     speculative: SpeculativePolicy | None = Field(
         None, description="Opt-in speculative decoding for this route's requests (`auto` and explicit models alike): "
         "a small model drafts tokens that the served model verifies several at a time.")
+    priority: int = Field(
+        0, ge=-3, le=3, strict=True, description="Share multiplier for this route's requests (`auto` and explicit models alike) "
+        "in each pool replica's fair queue: their weight there is the team's `share` times 2**priority, so 1 has "
+        "them admitted twice as often as at 0 while other requests wait too, -1 half as often. A share, not a "
+        "strict level: lower-priority requests are still served, only less often. The queue's bound "
+        "(`pool.max_queued_requests`) is shared by `share` alone; requests to remote (upstream) models ignore it.")
 
     @property
     def adaptation(self) -> AdaptPolicy | None:

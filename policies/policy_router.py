@@ -168,6 +168,8 @@ class PolicyRouter:
         if route.speculative is not None:
             decision = replace(decision, drafts=tuple(route.speculative.drafts.items()),
                                draft_tokens=route.speculative.draft_tokens)
+        if route.priority:
+            decision = replace(decision, priority=route.priority)
         return decision
 
     async def _decide(self, requested: str, context: RouteContext) -> RoutingDecision | None:

@@ -189,6 +189,7 @@ class CompletionService:
         if decision is None:
             raise ModelNotAvailable(f"The model '{parsed.model}' does not exist or you do not have access to it.",
                                     param="model")
+        gen_req.priority = decision.priority  # the route's: the weight times 2**priority in the fair queue
         if decision.fallbacks:  # never fall back to a model this key may not use
             allowed = tuple(m for m in decision.fallbacks if principal.allows_model(m))
             if allowed != decision.fallbacks:

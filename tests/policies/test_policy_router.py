@@ -118,6 +118,10 @@ def test_tools_and_response_formats_pick_their_tiers():
     ({"teams": {"x": {"route": "ghost"}}}, "ghost"),
     ({"routes": {"default": {"threshold": 1.5}}}, "routes.default.threshold"),
     ({"routes": {"default": {"tools_tier": "xl"}}}, "routes.default.tools_tier"),
+    ({"routes": {"default": {"priority": 4}}}, "routes.default.priority"),
+    ({"routes": {"default": {"priority": -4}}}, "routes.default.priority"),
+    ({"routes": {"default": {"priority": True}}}, "routes.default.priority"),  # `yes` is no level
+    ({"routes": {"default": {"priorty": 1}}}, "routes.default.priorty"),
 ])
 def test_invalid_policies_are_refused_naming_file_and_key(tmp_path, change, where):
     path = tmp_path / "routing.yaml"
@@ -153,6 +157,25 @@ def test_hot_reload_takes_good_files_and_keeps_the_old_policy_on_bad_ones(tmp_pa
     assert asyncio.run(r.decide("auto", RouteContext("t", None, "hi"))).model == "s2"  # still the good one
     rewrite({**POLICY, "tiers": {"small": ["unknown-model"], "large": ["l1"]}})
     assert not r.check_reload() and r.reload_errors == 2
+
+
+def test_a_routes_priority_is_on_every_decision_for_its_teams_and_reloads(tmp_path):
+    """`auto` and explicit models alike (it weighs the team's requests in the pool, whatever model
+    they name); teams on other routes keep 0; an edit of the file changes it without a restart."""
+    path = tmp_path / "routing.yaml"
+    urgent = {**POLICY, "routes": {**POLICY["routes"], "cheap": {"strategy": "fixed", "model": "s2", "priority": 2}}}
+    path.write_text(yaml.safe_dump(urgent))
+    r = ReloadingRouter(str(path), SERVED, classifier=FixedScore())
+
+    def priorities(team):
+        return [asyncio.run(r.decide(model, RouteContext(team, None, "hi"))).priority for model in ("auto", "l2")]
+    assert priorities("thrifty") == [2, 2]
+    assert priorities("t") == [0, 0]
+    urgent["routes"]["cheap"]["priority"] = -1
+    path.write_text(yaml.safe_dump(urgent))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert r.check_reload()
+    assert priorities("thrifty") == [-1, -1]
 
 
 def test_shipped_policy_is_valid_for_the_default_config():

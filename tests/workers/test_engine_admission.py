@@ -1,6 +1,6 @@
 """KV admission under contention: a long request waiting for KV room does not hold up short ones
 queued behind it, it is passed only a bounded number of times, and teams share a model's engine
-by weight."""
+by weight (times 2**priority, the route's)."""
 
 import asyncio
 
@@ -86,23 +86,46 @@ def test_a_waiting_long_request_is_passed_at_most_max_bypass_times(model):
         eng.close()
 
 
-def test_a_flooding_team_does_not_push_another_teams_request_to_the_back(model):
-    """Room for one request at a time: team a queues eight, then team b one; b's is served second,
-    not ninth."""
+def start_order(model, requests, gap_s: float = 0.0) -> list[str]:
+    """Room for one request at a time: `requests(engine)` queue, in order (`gap_s` apart), behind a
+    running occupant; the order in which they start."""
     eng = Engine("mux-2m", model.model, model.tokenizer, prefix_cache_bytes=0, max_running=1)
     try:
         async def go():
             events = []
             occupant = await occupied(eng, events)
-            flood = []
-            for i in range(8):
-                flood.append(asyncio.ensure_future(stream(eng, request(eng, f"a{i}", 20, team="a"), events)))
-                await asyncio.sleep(0.002)
-            b = asyncio.ensure_future(stream(eng, request(eng, "b", 20, team="b"), events))
-            await asyncio.gather(occupant, b, *flood)
+            queued = []
+            for req in requests(eng):
+                queued.append(asyncio.ensure_future(stream(eng, req, events)))
+                if gap_s:
+                    await asyncio.sleep(gap_s)
+            await asyncio.gather(occupant, *queued)
             return [e.split()[0] for e in events if e.endswith("started") and e != "occupant started"]
 
-        order = asyncio.run(go())
-        assert order.index("b") <= 1, order
+        return asyncio.run(go())
     finally:
         eng.close()
+
+
+def test_a_flooding_team_does_not_push_another_teams_request_to_the_back(model):
+    """Team a queues eight, then team b one; b's is served second, not ninth."""
+    def requests(eng):
+        yield from (request(eng, f"a{i}", 20, team="a") for i in range(8))
+        yield request(eng, "b", 20, team="b")
+
+    order = start_order(model, requests, gap_s=0.002)
+    assert order.index("b") <= 1, order
+
+
+def test_a_routes_priority_gives_its_team_more_of_the_turns_not_all_of_them(model):
+    """Teams a (priority 0) and b (priority 2, its route's) queue six each, interleaved: b is
+    admitted about four times for each of a's (2**2), and a still gets its turns."""
+    def requests(eng):
+        for i in range(6):  # no await in between: all queued, in this order, while the occupant runs
+            yield request(eng, f"a{i}", 20, team="a")
+            yield request(eng, f"b{i}", 20, team="b", priority=2)
+
+    order = start_order(model, requests)
+    first = [name[0] for name in order[:6]]
+    assert first.count("b") == 5 and "a" in first, order  # equal priorities would alternate: 3 and 3
+    assert len(order) == 12  # every request of both teams was served
