@@ -1,10 +1,10 @@
 """Model-aware replica routing, as a Ray Serve request router (Serve's own extension point).
 
-Each replica reports which models it holds and its free device bytes (`record_routing_stats`,
-collected by Serve's controller). A request for model M goes first to replicas that hold M
-(least loaded first), then to replicas loading it or that we just sent M to (stats lag a little),
-then to the rest by most free memory. Hot models may be resident on several replicas: when the
-holders are saturated Serve falls through to the next rank, which loads M there.
+Each replica reports which models it holds, how many of each model's requests wait there, and its
+free device bytes (`record_routing_stats`, collected by Serve's controller). The ranking itself
+(holders first, a session's home first, a hot model spread to a second replica with room) is
+`workers/replica_ranking.py`; this class keeps what the router remembers between requests: where
+it just sent each model (stats lag a little) and each session's home replica.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from typing import List, Optional
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
+from workers.replica_ranking import HOT_WAITING_REQUESTS, SpreadPolicy, rank_replicas
+
 AFFINITY_S = 30.0  # how long "we routed M to R" counts as R probably holding M
+SESSION_AFFINITY_S = AFFINITY_S * 10  # how long a session's prefix counts as cached where it last ran
 
 
 def session_of(pending: Optional[PendingRequest]) -> str | None:
@@ -32,12 +35,12 @@ def requested_model(pending: Optional[PendingRequest]) -> str | None:
 
 
 class ModelAwareRouter(FIFOMixin, RequestRouter):
-    def initialize_state(self, **kwargs):
+    def initialize_state(self, spread_hot_models: bool = True, hot_waiting_requests: int = HOT_WAITING_REQUESTS,
+                         **kwargs):
+        """Serve passes the deployment's `request_router_kwargs` (build_pool_app: from PoolOptions)."""
+        self._spread = SpreadPolicy(enabled=spread_hot_models, hot_waiting=hot_waiting_requests)
         self._recent: dict[tuple[str, str], float] = {}  # (model, replica id) -> when we routed there
         self._sessions: dict[str, tuple[str, float]] = {}  # session -> (replica id, when)
-
-    def _stats(self, replica: RunningReplica) -> dict:
-        return replica.routing_stats or {}
 
     async def choose_replicas(self, candidate_replicas: List[RunningReplica],
                               pending_request: Optional[PendingRequest] = None) -> List[List[RunningReplica]]:
@@ -45,28 +48,16 @@ class ModelAwareRouter(FIFOMixin, RequestRouter):
         if model is None or not candidate_replicas:
             return [candidate_replicas]
         now = time.monotonic()
-        holders, warm, rest = [], [], []
-        for replica in candidate_replicas:
-            stats = self._stats(replica)
-            recent = now - self._recent.get((model, replica.replica_id.unique_id), -1e9) < AFFINITY_S
-            if model in stats.get("resident", ()):
-                holders.append(replica)
-            elif model in stats.get("loading", ()) or recent:
-                warm.append(replica)
-            else:
-                rest.append(replica)
-        in_flight = lambda r: self._stats(r).get("in_flight", 0)  # noqa: E731
-        holders.sort(key=in_flight)
-        warm.sort(key=in_flight)
         session = session_of(pending_request)
-        if session and session in self._sessions:  # the replica with this session's prefix goes first
-            home, when = self._sessions[session]
-            if now - when < AFFINITY_S * 10:
-                holders.sort(key=lambda r: r.replica_id.unique_id != home)
-        # a replica with the model warm in host memory reloads it fastest; then the most free memory
-        rest.sort(key=lambda r: (model not in self._stats(r).get("host_models", ()),
-                                 -self._stats(r).get("free_bytes", 0)))
-        return [group for group in (holders, warm, rest) if group]
+        home = None
+        if session and session in self._sessions:
+            replica_id, when = self._sessions[session]
+            home = replica_id if now - when < SESSION_AFFINITY_S else None
+
+        def recently_sent(replica: RunningReplica) -> bool:
+            return now - self._recent.get((model, replica.replica_id.unique_id), -1e9) < AFFINITY_S
+
+        return rank_replicas(model, candidate_replicas, recently_sent, home, self._spread)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id, result) -> None:
         model = requested_model(pending_request)

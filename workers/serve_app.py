@@ -14,6 +14,7 @@ from typing import AsyncIterator
 
 from ray import serve
 
+from workers.replica_ranking import HOT_WAITING_REQUESTS
 from workers.types import GenerationChunk, GenerationRequest, ModelInfo, ModelSpec
 
 APP_NAME = "pool"
@@ -63,6 +64,10 @@ class PoolOptions:
     autoscaling: dict | None = None
     env: dict = field(default_factory=dict)
     shutdown_grace_s: float = SHUTDOWN_GRACE_S  # Serve's graceful_shutdown_timeout_s for a stopping replica
+    # a hot model goes to a second replica with room (workers/replica_ranking.py); its holders count
+    # as hot when more than hot_waiting_requests of its requests wait there for their first token
+    spread_hot_models: bool = True
+    hot_waiting_requests: int = HOT_WAITING_REQUESTS
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -114,12 +119,24 @@ class PoolReplica:
             ray.get_actor(BOARD_NAME, namespace=BOARD_NAMESPACE).report.remote(stats["replica"], stats)
         except Exception:  # no board (e.g. deployed by other means): routing still works
             pass
+        free = stats["device_capacity_bytes"] - stats["device_reserved_bytes"]
+        reserved = self.pool.ledger.holders()  # resident models and loads that got their room
+        waiting = dict(stats["queue_depth"])  # per model: waiting for its load ...
+        for name, resident in list(self.pool._resident.items()):  # ... and for a row in its running batch
+            waiting[name] = waiting.get(name, 0) + resident.engine.queued
         return {
             "resident": stats["resident"],
             "loading": stats["loading"],
             "host_models": stats["host_models"],
-            "free_bytes": stats["device_capacity_bytes"] - stats["device_reserved_bytes"],
+            "free_bytes": free,
             "in_flight": sum(stats["in_flight"].values()),
+            # what workers/replica_ranking.py needs to spread a hot model to a replica with room
+            "in_flight_by_model": stats["in_flight"],
+            "waiting": {name: n for name, n in waiting.items() if n},
+            "paused": stats["paused"],
+            "reserved": stats["resident_bytes"],  # what another replica needs free to load each one
+            # loads waiting for room (no reservation yet): their requests wait behind the resident models
+            "blocked_loads": [name for name in stats["queue_depth"] if name not in reserved],
         }
 
 
@@ -136,7 +153,10 @@ def build_pool_app(specs: list[ModelSpec], options: PoolOptions):
               "graceful_shutdown_timeout_s": options.shutdown_grace_s,
               "graceful_shutdown_wait_loop_s": SHUTDOWN_WAIT_LOOP_S,
               "request_router_config": RequestRouterConfig(request_router_class=ModelAwareRouter,
-                                                           request_routing_stats_period_s=ROUTING_STATS_PERIOD_S)}
+                                                           request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+                                                           request_router_kwargs={
+                                                               "spread_hot_models": options.spread_hot_models,
+                                                               "hot_waiting_requests": options.hot_waiting_requests})}
     if options.autoscaling:
         kwargs["autoscaling_config"] = options.autoscaling
     else:
