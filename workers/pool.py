@@ -131,7 +131,9 @@ class ModelPool:
         self._retiring: dict[str, concurrent.futures.Future] = {}  # evicted, device memory not yet freed
         self._paused: dict[str, asyncio.Event] = {}  # model -> set when it may admit requests again
         self._paused_for: dict[str, set[str]] = {}  # a waiting load -> the busy models it paused
+        self._paused_since: dict[str, float] = {}  # model -> when its current pause began
         self.pauses = 0
+        self.paused_seconds: dict[str, float] = {}  # model -> seconds it spent paused (its new requests waiting)
         self.loads = {"cold": 0, "warm": 0}
         self.load_seconds = {"cold": 0.0, "warm": 0.0}
         self.loaded_bytes = {"cold": 0, "warm": 0}
@@ -195,6 +197,7 @@ class ModelPool:
             "evictions": self.evictions,
             "paused": list(self._paused),
             "pauses": self.pauses,
+            "paused_seconds": self._paused_seconds_now(),
             "host_demotions": self.host.demotions,
             "load_failures": self.load_failures,
             "eviction_policy": self.policy.name,
@@ -274,6 +277,7 @@ class ModelPool:
             if enough():
                 break
             self._paused[victim] = asyncio.Event()
+            self._paused_since[victim] = time.monotonic()
             paused.add(victim)
             self.pauses += 1
             freed, count = freed + self._resident[victim].reserved, count - 1
@@ -288,7 +292,16 @@ class ModelPool:
     def _unpause(self, model: str) -> None:
         gate = self._paused.pop(model, None)
         if gate is not None:
+            since = self._paused_since.pop(model)
+            self.paused_seconds[model] = self.paused_seconds.get(model, 0.0) + time.monotonic() - since
             gate.set()
+
+    def _paused_seconds_now(self) -> dict[str, float]:
+        """Seconds each model has spent paused, the pauses still running included."""
+        now, out = time.monotonic(), dict(self.paused_seconds)
+        for model, since in self._paused_since.items():
+            out[model] = out.get(model, 0.0) + now - since
+        return {m: round(s, 3) for m, s in out.items()}
 
     def _enqueue(self, req: GenerationRequest) -> None:
         """Count `req` as waiting for its first token, or refuse it: when the replica's queue is

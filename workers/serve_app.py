@@ -164,6 +164,22 @@ def build_pool_app(specs: list[ModelSpec], options: PoolOptions):
     return PoolReplica.options(**kwargs).bind(specs, options)
 
 
+def _stats_board(held):
+    """The named stats board, created if this cluster has none. A named actor lives as long as its
+    creator's handle does, so the handle that created it is kept (`held`): replacing it with the
+    handle `get_if_exists` returns for a second deployment from this process killed the board."""
+    import ray
+
+    if held is not None:
+        try:
+            ray.get_actor(BOARD_NAME, namespace=BOARD_NAMESPACE)
+            return held  # still ours, still alive
+        except ValueError:  # a new Ray session (ray.shutdown, init again): the old board is gone
+            pass
+    return ray.remote(num_cpus=0)(PoolBoard).options(name=BOARD_NAME, namespace=BOARD_NAMESPACE,
+                                                     get_if_exists=True).remote()
+
+
 def deploy_pool(specs: list[ModelSpec], options: PoolOptions, ray_address: str | None = None):
     """Start (or attach to) Ray, deploy the pool, and return its DeploymentHandle."""
     import ray
@@ -176,10 +192,9 @@ def deploy_pool(specs: list[ModelSpec], options: PoolOptions, ray_address: str |
         ray.init(address=ray_address, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True)
     serve.start(proxy_location="Disabled")
-    global _board, _shutdown_grace_s  # a named actor lives as long as a handle to it does: keep one
+    global _board, _shutdown_grace_s
     _shutdown_grace_s = options.shutdown_grace_s
-    _board = ray.remote(num_cpus=0)(PoolBoard).options(name=BOARD_NAME, namespace=BOARD_NAMESPACE,
-                                                       get_if_exists=True).remote()
+    _board = _stats_board(_board)
     return serve.run(build_pool_app(specs, options), name=APP_NAME, route_prefix=None)
 
 
