@@ -48,8 +48,9 @@ class ShadowJob:
 
 
 class ShadowEvaluator:
-    def __init__(self, config: ShadowConfig, backend, admission, store: Store, router):
+    def __init__(self, config: ShadowConfig, backend, admission, store: Store, router, weight: float = 1.0):
         self.config = config
+        self.weight = weight  # the budget team's share: its place in the replicas' fair queue
         self.backend = backend
         self.admission = admission
         self.store = store
@@ -115,8 +116,10 @@ class ShadowEvaluator:
     async def evaluate(self, job: ShadowJob) -> Outcome | None:
         routed = job.request
         base = job.note.request
+        # queued in the pool as the budget team's work (its share, no route priority), not the client's:
+        # the client's team is not charged for it and must not lose its part of a replica to it
         req = replace(base, request_id=f"{routed.request_id}-shadow", session_id=None, n=1, logprobs=False,
-                      top_logprobs=0, draft_model=None)
+                      top_logprobs=0, draft_model=None, team=self.config.budget, weight=self.weight, priority=0)
         other = await self._generate(job.note.other_model(routed.routed), req, "shadow")
         small, large = (job.answer, other) if routed.routed == "small" else (other, job.answer)
         scores = await self._judge(job, small, large)
@@ -143,7 +146,8 @@ class ShadowEvaluator:
         first, second = (small, large) if small_first else (large, small)
         req = GenerationRequest(request_id=f"{job.request.request_id}-judge",
                                 messages=pairwise_messages(job.note.messages, first, second),
-                                max_tokens=JUDGE_MAX_TOKENS, temperature=0.0, cache_salt=self.config.budget)
+                                max_tokens=JUDGE_MAX_TOKENS, temperature=0.0, cache_salt=self.config.budget,
+                                team=self.config.budget, weight=self.weight)
         verdict = parse_verdict(await self._generate(judge.model, req, "shadow_judge"))
         return None if verdict is None else verdict_scores(verdict, small_first)
 

@@ -28,9 +28,11 @@ class ScriptedBackend(WrappedBackend):
         self.release = threading.Event()
         self.release.set()
         self.calls: list[str] = []
+        self.queued_as: dict[str, tuple] = {}  # request id -> (team, weight, priority) in the pool's fair queue
 
     async def generate(self, model, req):
         self.calls.append(req.request_id)
+        self.queued_as[req.request_id] = (req.team, req.weight, req.priority)
         if req.request_id.endswith("-shadow"):
             await asyncio.to_thread(self.release.wait, 30)
         if req.request_id.endswith("-judge"):
@@ -47,7 +49,7 @@ def shadow_server(tmp_path, zoo_dir, start_server, judge: dict, budget_usd=None,
     from gateway.server import make_backend
 
     config = learning_config(tmp_path, zoo_dir)
-    config["teams"] = config["teams"] + [{"id": "evals", "budget_usd": budget_usd}]
+    config["teams"] = config["teams"] + [{"id": "evals", "budget_usd": budget_usd, "share": 0.5}]
     config["routing"]["shadow"] = {"share": 1.0, "judge": judge, "budget": "evals"}
     if pricing:
         config["pricing"] = pricing
@@ -93,6 +95,9 @@ def test_a_judge_model_is_called_through_muxgate_and_its_verdict_labels_the_tier
         sorted((rid, 0.0, 1.0) for rid in rids)
     charged = {r.request_id for r in stored(config, lambda s: s.usage_records(0, 2**32, team_id="evals"))}
     assert charged == {f"{rid}-{kind}" for rid in rids for kind in ("shadow", "judge")}
+    # the replicas queue them as the budget team's work at its share, not as the client's (before: alpha's)
+    assert {backend.queued_as[c] for c in charged} == {("evals", 0.5, 0)}
+    assert {backend.queued_as[rid][0] for rid in rids} == {"alpha"}
 
 
 def test_the_budget_teams_budget_stops_shadow_evaluation(tmp_path, zoo_dir, start_server):

@@ -43,20 +43,23 @@ def test_a_full_queue_refuses_the_flooding_team_with_retry_after_but_not_the_oth
     pool.close()
 
 
-def test_a_heavier_team_may_hold_more_of_the_queue(zoo_dir):
+@pytest.mark.parametrize("heavier, refused", [({"weight": 3.0}, 1), ({"priority": 2}, 0)], ids=["share", "route_priority"])
+def test_a_heavier_team_may_hold_more_of_the_queue(zoo_dir, heavier, refused):
     pool = pool_of(zoo_dir, max_queued_requests=4, max_running_per_model=1)
 
     async def go():
         await drain(pool, req("warm", "a", 1))
         light = [asyncio.ensure_future(drain(pool, req(f"a{i}", "a"))) for i in range(4)]
-        heavy = [asyncio.ensure_future(drain(pool, req(f"b{i}", "b", weight=3.0))) for i in range(4)]
+        heavy = [asyncio.ensure_future(drain(pool, req(f"b{i}", "b", **heavier))) for i in range(4)]
         results = await asyncio.gather(*light, *heavy, return_exceptions=True)
         return results[:4], results[4:]
 
     light, heavy = asyncio.run(go())
-    # the queue holds a's 4; b (weight 3 of 4) is under its part until it holds 3 of the 4 slots
+    # the queue holds a's 4; b is under its part (4 x its weight / both weights; its weight: share
+    # times 2**priority) until it holds 3 of the 4 slots (weight 3), or all 4 (priority 2: weight 4).
+    # Before, priority did not count here: b at priority 2 got only 2 of them
     assert sum(isinstance(r, QueueFull) for r in light) == 0
-    assert sum(isinstance(r, QueueFull) for r in heavy) == 1
+    assert sum(isinstance(r, QueueFull) for r in heavy) == refused
     pool.close()
 
 
