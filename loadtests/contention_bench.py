@@ -8,12 +8,18 @@ small for A's model and B's largest at once (`--budget-fraction 0.2`) makes A's 
 Each system runs three phases of `--seconds` each, from the same start (A's model loaded): A
 alone, B alone, both. Reported: `b_p99_ratio` (B's p99 latency with A flooding / B's p99 alone;
 goal <= 2), `a_throughput_ratio` (A's completed requests/s with B / alone; goal >= 0.9) and
-`past_deadline` (requests not answered within `--deadline-s`, failures included; goal 0), for
-muxgate's pool (in-process ModelPool, the same class a Ray Serve pool replica runs: no Ray in
-its path here) and, beside it, Ray Serve's `@serve.multiplexed` baseline
-(loadtests/mux_trace.serve_multiplexed_app, `--serve-models` per replica, its byte bookkeeping
-for OOMs) on a local Ray. `--no-serve` skips the baseline. Prints one JSON line.
+`past_deadline` (requests not answered within `--deadline-s`, failures included; goal 0).
+Systems (`--systems`, default `inprocess,serve`):
+- `inprocess`: muxgate's ModelPool in this process (the class a pool replica runs, no Ray in its
+  path); it also reports each phase's CPU seconds per second and, from them, the floor one process
+  puts under `a_throughput_ratio` (`a_throughput_floor_one_process`: A's and B's steps share one GIL);
+- `ray`: muxgate's Ray Serve pool as `muxgate serve` deploys it (`deploy_pool`, `--replicas`, one
+  CPU each, the model-aware request router), on a local Ray;
+- `serve`: Ray Serve's `@serve.multiplexed` baseline (loadtests/mux_trace.serve_multiplexed_app,
+  `--serve-models` per replica, its byte bookkeeping for OOMs) on the same local Ray.
+Prints one JSON line (Ray's own log lines may precede it on stdout).
 Usage: python -m loadtests.contention_bench --json [--seconds 20] [--a-clients 4] [--b-rate 1]
+       [--systems inprocess,ray,serve] [--replicas 2] [--budget-fraction 0.28]
 """
 
 from __future__ import annotations
@@ -102,8 +108,12 @@ async def three_phases(make_call, args, arrivals) -> dict:
         call, close, stats = await make_call()
         try:
             await call(HOT, "A")  # A's model is resident when each phase starts
+            cpu0, t0 = time.process_time(), time.perf_counter()
             phases[name] = await Phase(call, args.seconds, args.deadline_s).run(a_clients, trace)
+            cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - t0)
             phases[name].update(await stats())
+            if phases[name].pop("in_process", False):  # the system runs in this process: its CPU is ours
+                phases[name]["process_cpu_share"] = round(cpu_share, 3)  # CPU seconds per second, all threads
         finally:
             await close()
     both = phases["together"]
@@ -114,6 +124,20 @@ async def three_phases(make_call, args, arrivals) -> dict:
         "a_throughput_ratio": round(both["a_rps"] / a_alone, 3) if a_alone else None,
         "past_deadline": both.get("a_missed", 0) + both.get("b_missed", 0),
     }
+
+
+def one_process_floor(system: dict) -> dict:
+    """The most A can keep when A's and B's work share one Python process (the in-process pool; so
+    does one replica): their steps take turns holding the GIL. A alone saturates it (A's closed loop
+    takes ~1 CPU second per second, `process_cpu_share`), B's open-loop work is all done, so A keeps
+    what B leaves: 1 - b_cpu / a_cpu, each measured alone in this run. None when A alone does not
+    saturate the process (then there is room for both)."""
+    a_cpu = system["a_alone"].get("process_cpu_share")
+    b_cpu = system["b_alone"].get("process_cpu_share")
+    if a_cpu is None or b_cpu is None:
+        return {}
+    floor = round(max(0.0, 1 - b_cpu / a_cpu), 3) if a_cpu >= 0.9 else None
+    return {"a_throughput_floor_one_process": floor, "together_cpu_share": system["together"].get("process_cpu_share")}
 
 
 def main() -> None:
@@ -128,9 +152,15 @@ def main() -> None:
     parser.add_argument("--budget-fraction", type=float, default=1 / 3,
                         help="the replica's device budget, as a fraction of the twelve models' bytes")
     parser.add_argument("--serve-models", type=int, default=3, help="Serve's max_num_models_per_replica")
-    parser.add_argument("--no-serve", action="store_true")
+    parser.add_argument("--systems", default="inprocess,serve",
+                        help="comma-separated: inprocess (muxgate's ModelPool in this process), ray (muxgate's Ray "
+                        "Serve pool, --replicas), serve (Ray Serve @serve.multiplexed baseline)")
+    parser.add_argument("--replicas", type=int, default=1, help="replicas of muxgate's Ray pool (--systems ray)")
+    parser.add_argument("--no-serve", action="store_true", help="drop `serve` from --systems")
     parser.add_argument("--zoo", default="var/zoo")
     args = parser.parse_args()
+    if args.no_serve:
+        args.systems = ",".join(x for x in args.systems.split(",") if x.strip() != "serve")
 
     import torch
 
@@ -165,41 +195,90 @@ def main() -> None:
 
         async def stats():
             s = pool.stats()
-            return {k: s[k] for k in ("loads", "evictions", "pauses", "queue_refusals")}
+            return {"in_process": True, **{k: s[k] for k in ("loads", "evictions", "pauses", "paused_seconds",
+                                                                  "queue_refusals")}}
 
         return call, close, stats
 
+    def muxgate_ray():
+        """muxgate's Ray Serve pool (`deploy_pool`: PoolReplica replicas, the model-aware request router),
+        `--replicas` of them, each its own process with one CPU, as `muxgate serve` deploys it."""
+        from ray import serve
+
+        from workers.serve_app import APP_NAME, PoolOptions, deploy_pool, replica_stats
+
+        options = PoolOptions(replicas=args.replicas, num_cpus=1, torch_threads=1, device_budget_bytes=budget,
+                              host_budget_bytes=sum(sizes.values()), kv_reserve_tokens=256, prefix_cache_bytes=0,
+                              load_timeout_s=args.deadline_s)
+        earlier: set[str] = set()  # replicas of earlier phases (their stats stay on the board a while)
+
+        async def make():
+            handle = await asyncio.to_thread(deploy_pool, specs, options)
+            generate = handle.options(stream=True).generate
+
+            async def call(model, team):
+                async for _ in generate.remote(model, request(team)):
+                    pass
+
+            async def close():
+                earlier.update(s["replica"] for s in await replica_stats())
+                await asyncio.to_thread(serve.delete, APP_NAME)
+
+            async def stats():
+                await asyncio.sleep(1.0)  # replicas post their stats every 0.5 s
+                mine = [s for s in await replica_stats() if s["replica"] not in earlier]
+                total = lambda key: sum(s[key] for s in mine)  # noqa: E731
+                return {"replicas": len(mine), "loads": {k: sum(s["loads"][k] for s in mine) for k in ("cold", "warm")},
+                        "evictions": total("evictions"), "pauses": total("pauses"),
+                        "queue_refusals": total("queue_refusals"),
+                        "hot_model_on_replicas": sum(HOT in s["resident"] for s in mine)}
+
+            return call, close, stats
+
+        return make
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - {"inprocess", "ray", "serve"}
+    if unknown:
+        parser.error(f"unknown --systems: {', '.join(sorted(unknown))}")
     result = {"bench": "contention", "hot_model": HOT, "cold_models": len(COLD), "seconds": args.seconds,
               "a_clients": args.a_clients, "b_rate": args.b_rate, "max_tokens": args.max_tokens,
-              "device_budget_bytes": budget, "b_requests": len(arrivals),
-              "muxgate": {"backend": "in-process ModelPool (no Ray)", **asyncio.run(three_phases(muxgate, args, arrivals))}}
-
-    if not args.no_serve:
+              "device_budget_bytes": budget, "b_requests": len(arrivals)}
+    if "inprocess" in systems:
+        inprocess = asyncio.run(three_phases(muxgate, args, arrivals))
+        result["muxgate"] = {"backend": "in-process ModelPool (no Ray)", **inprocess,
+                             **one_process_floor(inprocess)}
+    if "ray" in systems or "serve" in systems:
         import ray
         from ray import serve
 
         ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         try:
-            runs = iter(range(3))
+            if "ray" in systems:
+                result["muxgate_ray"] = {"backend": f"muxgate Ray Serve pool, {args.replicas} replica(s)",
+                                         "replicas": args.replicas,
+                                         **asyncio.run(three_phases(muxgate_ray(), args, arrivals))}
+            if "serve" in systems:
+                runs = iter(range(3))
 
-            async def serve_side():
-                name = f"contention{next(runs)}"
-                handle = await asyncio.to_thread(serve.run, serve_multiplexed_app(paths, args.serve_models, budget, sizes),
-                                                 name=name, route_prefix=None)
+                async def serve_side():
+                    name = f"contention{next(runs)}"
+                    handle = await asyncio.to_thread(serve.run, serve_multiplexed_app(paths, args.serve_models, budget, sizes),
+                                                     name=name, route_prefix=None)
 
-                async def call(model, team):
-                    await handle.options(multiplexed_model_id=model).generate.remote(request(team))
+                    async def call(model, team):
+                        await handle.options(multiplexed_model_id=model).generate.remote(request(team))
 
-                async def close():
-                    await asyncio.to_thread(serve.delete, name)
+                    async def close():
+                        await asyncio.to_thread(serve.delete, name)
 
-                async def stats():
-                    return await handle.stats.remote()
+                    async def stats():
+                        return await handle.stats.remote()
 
-                return call, close, stats
+                    return call, close, stats
 
-            result["serve_multiplexed"] = {"max_num_models_per_replica": args.serve_models,
-                                           **asyncio.run(three_phases(serve_side, args, arrivals))}
+                result["serve_multiplexed"] = {"max_num_models_per_replica": args.serve_models,
+                                               **asyncio.run(three_phases(serve_side, args, arrivals))}
         finally:
             serve.shutdown()
             ray.shutdown()
