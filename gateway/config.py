@@ -234,6 +234,51 @@ class ModelConfig(Strict):
         return self
 
 
+class PoolAutoscalingConfig(Strict):
+    min_replicas: int = Field(
+        1, ge=0, description="Fewest pool replicas. 0 scales to zero: with no request for `downscale_to_zero_delay_s` "
+        "the last replica stops, and the next request waits for one to start (its cold start, bounded by "
+        "`server.stream_first_token_timeout_s`, then 503 + Retry-After); /v1/models and /readyz keep answering from "
+        "the checkpoints. The deployment starts with this many.")
+    max_replicas: int = Field(2, ge=1, description="Most pool replicas (each takes `num_cpus`/`num_gpus`; more stay pending).")
+    target_per_replica: float = Field(
+        16.0, gt=0, description="Requests per replica (waiting for their first token or generating, plus those queued "
+        "for a replica) the pool scales to: replicas = ceil(requests / this), averaged over `look_back_period_s`.")
+    scale_on_residency_pressure: bool = Field(
+        True, description="Also add one replica when every replica has models taking turns (paused for a load that "
+        "does not fit beside them) or a load waiting for room: the models asked for do not fit in the replicas running.")
+    upscale_delay_s: float = Field(
+        10.0, ge=0, description="How long more replicas must be wanted before they are started (0 replicas with "
+        "requests waiting starts one at once).")
+    downscale_delay_s: float = Field(
+        300.0, ge=0, description="How long fewer replicas must be wanted before replicas are stopped (down to one).")
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="With `min_replicas: 0`, how long without requests before the last replica stops; "
+        "null: `downscale_delay_s`.")
+    look_back_period_s: float = Field(
+        10.0, gt=0, description="The window the request counts are averaged over (Ray Serve's look_back_period_s).")
+    metrics_interval_s: float = Field(
+        1.0, gt=0, description="How often replicas and the gateway's handle report their counts to Serve's "
+        "controller (Ray Serve's metrics_interval_s); less than `look_back_period_s`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _serve_keys(cls, data):
+        # a Serve autoscaling_config from before this section: say what replaces its one own key
+        if isinstance(data, dict) and "target_ongoing_requests" in data:
+            raise ValueError("target_ongoing_requests is Ray Serve's name: use target_per_replica "
+                             "(requests per replica, the same meaning)")
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        if self.metrics_interval_s >= self.look_back_period_s:
+            raise ValueError("metrics_interval_s must be less than look_back_period_s")
+        return self
+
+
 class PoolConfig(Strict):
     backend: Literal["ray", "inprocess"] = Field(
         "ray", description="`ray`: a Ray Serve application; `inprocess`: models run in the gateway process.")
@@ -271,7 +316,9 @@ class PoolConfig(Strict):
         256, ge=1, description="Requests a replica holds waiting for their first token (load, KV admission, prefill). "
         "When full, a team already holding its `share` of it gets 429 with Retry-After; a team under its share still "
         "gets in, up to twice this in all.")
-    autoscaling: dict | None = Field(None, description="Passed through as Ray Serve's autoscaling_config.")
+    autoscaling: PoolAutoscalingConfig | None = Field(
+        None, description="Scale the replicas with demand (Ray Serve autoscaling on the pool's own request counts, "
+        "workers/autoscaling.py); null: a fixed `replicas`. `pool.autoscaling: {}` takes every default.")
     shutdown_grace_s: float = Field(
         10.0, gt=0, description="How long a stopping pool replica lets its unfinished requests run (Ray Serve's "
         "graceful_shutdown_timeout_s) when the pool application is deleted or scaled down.")

@@ -39,6 +39,16 @@ class PoolMetricsCollector:
             "muxgate_pool_draft_tokens", "Speculative decoding: tokens a draft proposed for a resident model, and "
             "those the model accepted (accepted / proposed is the acceptance rate; resets when the model reloads).",
             labels=["replica", "model", "outcome"])
+        start = GaugeMetricFamily(
+            "muxgate_pool_replica_start_seconds", "Seconds a replica's constructor took to make it ready (the pool, "
+            "the first load's one-time costs); its process start before that shows in the cold-start waits.",
+            labels=["replica"])
+        cold_waits = CounterMetricFamily(
+            "muxgate_pool_cold_start_waits", "Requests sent to the pool before this replica was ready and served by "
+            "it (at 0 replicas: the requests that waited for a cold start).", labels=["replica"])
+        cold_wait = CounterMetricFamily(
+            "muxgate_pool_cold_start_wait_seconds", "Seconds those requests waited for the replica, from the gateway "
+            "sending them to the replica receiving them (before their model's load).", labels=["replica"])
         for s in self.snapshot:
             r = str(s.get("replica"))
             resident.add_metric([r], len(s.get("resident", [])))
@@ -59,7 +69,12 @@ class PoolMetricsCollector:
             for model, counts in s.get("draft_tokens", {}).items():
                 for outcome, n in counts.items():
                     drafted.add_metric([r, model, outcome], n)
-        yield from (resident, tier_bytes, capacity, model_bytes, queue, loads, swap, evictions, failures, drafted)
+            if "replica_start_seconds" in s:  # Ray replicas only
+                start.add_metric([r], s["replica_start_seconds"])
+                cold_waits.add_metric([r], s.get("cold_start_waits", 0))
+                cold_wait.add_metric([r], s.get("cold_start_wait_seconds", 0.0))
+        yield from (resident, tier_bytes, capacity, model_bytes, queue, loads, swap, evictions, failures, drafted,
+                    start, cold_waits, cold_wait)
 
 
 async def poll_pool_stats(backend, collector: PoolMetricsCollector, period_s: float = 2.0) -> None:

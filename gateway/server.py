@@ -87,21 +87,32 @@ def make_pool_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | N
     options = pool_options(config)
     if not use_ray:
         return InProcessBackend(specs, **options)
+    # /v1/models and /readyz read the checkpoints here, so a pool scaled to zero is not woken by them
+    listing = dict(specs=specs, kv_reserve_tokens=pool.kv_reserve_tokens)
     if not pool.deploy:
         from workers.serve_app import attach_pool
 
-        return RayServeBackend(attach_pool(ray_address or pool.ray_address), owns_app=False)
-    from workers.serve_app import PoolOptions, deploy_pool
+        return RayServeBackend(attach_pool(ray_address or pool.ray_address), owns_app=False, **listing)
+    from workers.serve_app import deploy_pool
 
-    ray_options = PoolOptions(replicas=pool.replicas, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
-                              torch_threads=pool.torch_threads, max_resident_models=pool.max_resident_models,
-                              load_timeout_s=pool.load_timeout_s, max_ongoing_requests=pool.max_ongoing_requests,
-                              autoscaling=pool.autoscaling, device_budget_bytes=options["device_budget_bytes"],
-                              host_budget_bytes=options["host_budget_bytes"], eviction=pool.eviction,
-                              kv_reserve_tokens=pool.kv_reserve_tokens,
-                              prefix_cache_bytes=options["prefix_cache_bytes"], shutdown_grace_s=pool.shutdown_grace_s,
-                              max_queued_requests=pool.max_queued_requests)
-    return RayServeBackend(deploy_pool(specs, ray_options, ray_address or pool.ray_address))
+    return RayServeBackend(deploy_pool(specs, ray_pool_options(config), ray_address or pool.ray_address), **listing)
+
+
+def ray_pool_options(config: MuxgateConfig):
+    """The `pool:` section as the Serve deployment's PoolOptions (`muxgate serve` and the cluster's
+    builder, deploy/serve/muxgate_pool_app.py, deploy the same)."""
+    from workers.serve_app import PoolOptions
+
+    pool, options = config.pool, pool_options(config)
+    return PoolOptions(replicas=pool.replicas, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
+                       torch_threads=pool.torch_threads, max_resident_models=pool.max_resident_models,
+                       load_timeout_s=pool.load_timeout_s, max_ongoing_requests=pool.max_ongoing_requests,
+                       autoscaling=pool.autoscaling.model_dump() if pool.autoscaling is not None else None,
+                       device_budget_bytes=options["device_budget_bytes"],
+                       host_budget_bytes=options["host_budget_bytes"], eviction=pool.eviction,
+                       kv_reserve_tokens=pool.kv_reserve_tokens,
+                       prefix_cache_bytes=options["prefix_cache_bytes"], shutdown_grace_s=pool.shutdown_grace_s,
+                       max_queued_requests=pool.max_queued_requests)
 
 
 def announce(config: MuxgateConfig, host: str, port: int) -> None:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import struct
+from dataclasses import replace
 from pathlib import Path
+from typing import Iterable
 
-from workers.types import ModelInfo, ModelLoadFailed
+from workers.types import ModelInfo, ModelLoadFailed, ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 def safetensors_files(path: Path) -> list[Path]:
@@ -74,6 +79,24 @@ def read_model_info(name: str, path: str | Path) -> ModelInfo:
     except (OSError, ValueError, KeyError, struct.error) as exc:
         raise ModelLoadFailed(f"model {name!r}: cannot read checkpoint at {path}: {exc}") from exc
     return _info(name, config, params, nbytes)
+
+
+def servable_models(specs: Iterable[ModelSpec], kv_reserve_tokens: int, cache: dict[str, ModelInfo]) -> list[ModelInfo]:
+    """Every model of `specs` whose checkpoint can be read, with the context length the engine
+    enforces: the checkpoint's, capped by the KV reserve a model's running batch may hold
+    (`kv_reserve_tokens`). `cache` keeps what was read, so each checkpoint is read once; one that
+    cannot be read is logged and left out."""
+    out = []
+    for spec in specs:
+        if spec.name not in cache:
+            try:
+                cache[spec.name] = read_model_info(spec.name, spec.path)
+            except ModelLoadFailed as exc:
+                log.warning("%s", exc)
+                continue
+        info = cache[spec.name]
+        out.append(replace(info, context_length=min(info.context_length, kv_reserve_tokens)))
+    return out
 
 
 def _count(shape) -> int:

@@ -30,10 +30,10 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import AsyncIterator
 
-from workers.checkpoint import read_model_info
+from workers.checkpoint import servable_models
 from workers.eviction import make_policy
 from workers.dtypes import default_dtype
 from workers.footprint import Footprint, predict_footprint
@@ -146,17 +146,7 @@ class ModelPool:
         """Every servable model, resident or not (read from the checkpoints, not loaded). The
         context length is the one the engine enforces: the checkpoint's, capped by the KV reserve a
         model's running batch may hold (`kv_reserve_tokens`)."""
-        out = []
-        for name, spec in self.specs.items():
-            if name not in self._info:
-                try:
-                    self._info[name] = read_model_info(name, spec.path)
-                except ModelLoadFailed as exc:
-                    log.warning("%s", exc)
-                    continue
-            info = self._info[name]
-            out.append(replace(info, context_length=min(info.context_length, self.kv_reserve_tokens)))
-        return out
+        return servable_models(self.specs.values(), self.kv_reserve_tokens, self._info)
 
     def dtype_name(self, spec: ModelSpec) -> str:
         return spec.dtype or default_dtype(self.device)

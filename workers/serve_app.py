@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import AsyncIterator
 
 from ray import serve
 
 from workers.replica_ranking import HOT_WAITING_REQUESTS
+from workers.autoscaling import PRESSURE_METRIC, REQUESTS_METRIC, ScalingKnobs
 from workers.types import GenerationChunk, GenerationRequest, ModelInfo, ModelSpec
 
 APP_NAME = "pool"
@@ -25,6 +26,7 @@ ROUTING_STATS_PERIOD_S = 0.5
 SHUTDOWN_GRACE_S = 10.0  # a stopping replica's in-flight requests get this long (Serve's default: 20 s)
 SHUTDOWN_WAIT_LOOP_S = 0.2  # how often a stopping replica checks for in-flight requests (Serve's default: 2 s)
 SHUTDOWN_MARGIN_S = 5.0  # on top of the grace: the controller's stop, the replica's hook, the status poll
+POLICY_PATH = "workers.autoscaling:PoolAutoscalingPolicy"
 _board = None
 _shutdown_grace_s = SHUTDOWN_GRACE_S  # of the application deploy_pool deployed
 log = logging.getLogger("muxgate.pool")
@@ -61,7 +63,7 @@ class PoolOptions:
     load_timeout_s: float = 120.0
     max_ongoing_requests: int = 256
     max_queued_requests: int = 256  # waiting for their first token, per replica (fair by team)
-    autoscaling: dict | None = None
+    autoscaling: dict | None = None  # the `pool.autoscaling` section's fields; None: `replicas`, fixed
     env: dict = field(default_factory=dict)
     shutdown_grace_s: float = SHUTDOWN_GRACE_S  # Serve's graceful_shutdown_timeout_s for a stopping replica
     # a hot model goes to a second replica with room (workers/replica_ranking.py); its holders count
@@ -70,11 +72,53 @@ class PoolOptions:
     hot_waiting_requests: int = HOT_WAITING_REQUESTS
 
 
+@dataclass
+class ColdStart:
+    """What a replica's start cost: its constructor (ModelPool, warm-up) and the wait of the
+    requests sent to the pool before this replica was ready (at 0 replicas: a cold start)."""
+
+    start_seconds: float  # constructor, warm-up included
+    ready_at: float  # wall clock, comparable with GenerationRequest.sent_at on one machine (NTP across)
+    waits: int = 0
+    wait_seconds: float = 0.0
+    max_wait_seconds: float = 0.0
+
+    def arrived(self, req: GenerationRequest) -> None:
+        if req.sent_at is not None and req.sent_at < self.ready_at:
+            wait = max(0.0, time.time() - req.sent_at)
+            self.waits += 1
+            self.wait_seconds += wait
+            self.max_wait_seconds = max(self.max_wait_seconds, wait)
+
+    def stats(self) -> dict:
+        return {"replica_start_seconds": round(self.start_seconds, 3), "replica_ready_at": self.ready_at,
+                "cold_start_waits": self.waits, "cold_start_wait_seconds": round(self.wait_seconds, 3),
+                "cold_start_max_wait_seconds": round(self.max_wait_seconds, 3)}
+
+
+def serve_autoscaling_config(section: dict):
+    """The `pool.autoscaling` section as Serve's AutoscalingConfig: our policy decides, with its own
+    delays, so Serve's wrapper around it is neutral (delays 0, scaling factors 1)."""
+    import warnings
+
+    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
+
+    knobs = {f.name: section[f.name] for f in fields(ScalingKnobs)}
+    with warnings.catch_warnings():  # metrics_interval_s is "deprecated" yet what Serve's pushers run on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return AutoscalingConfig(
+            min_replicas=section["min_replicas"], max_replicas=section["max_replicas"],
+            look_back_period_s=section["look_back_period_s"], metrics_interval_s=section["metrics_interval_s"],
+            upscale_delay_s=0.0, downscale_delay_s=0.0, downscale_to_zero_delay_s=0.0,
+            policy=AutoscalingPolicy(policy_function=POLICY_PATH, policy_kwargs=knobs))
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
 class PoolReplica:
     """One replica: a ModelPool on this replica's device."""
 
     def __init__(self, specs: list[ModelSpec], options: PoolOptions):
+        started = time.monotonic()
         from workers.pool import ModelPool
 
         device = "cuda" if options.num_gpus > 0 else "cpu"
@@ -91,10 +135,17 @@ class PoolReplica:
                               max_queued_requests=options.max_queued_requests,
                               gpu_share=options.num_gpus if options.num_gpus > 0 else 1.0)
         self.pool.warm_up()
+        self.requests = 0  # on this replica: waiting for their first token or generating
+        self.cold_start = ColdStart(start_seconds=time.monotonic() - started, ready_at=time.time())
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self.pool.generate(model, req):
-            yield chunk
+        self.cold_start.arrived(req)
+        self.requests += 1
+        try:
+            async for chunk in self.pool.generate(model, req):
+                yield chunk
+        finally:
+            self.requests -= 1
 
     def models(self) -> list[ModelInfo]:
         return self.pool.models()
@@ -108,11 +159,19 @@ class PoolReplica:
             pool.close()
 
     def stats(self) -> dict:
-        return self.pool.stats()
+        return {**self.pool.stats(), **self.cold_start.stats()}
+
+    async def record_autoscaling_stats(self) -> dict:
+        """Called by Serve every `look_back_period_s` / 5 while autoscaling (on the replica's event
+        loop, where the pool lives); read by workers/autoscaling.py in Serve's controller."""
+        stats = self.pool.stats()
+        waiting_for_room = [m for m in stats["queue_depth"] if m not in stats["loading"]]
+        return {REQUESTS_METRIC: float(self.requests),
+                PRESSURE_METRIC: 1.0 if stats["paused"] or waiting_for_room else 0.0}
 
     def record_routing_stats(self) -> dict:
         """Called by Serve's controller every ROUTING_STATS_PERIOD_S; read by ModelAwareRouter."""
-        stats = self.pool.stats()
+        stats = self.stats()
         try:
             import ray
 
@@ -157,8 +216,8 @@ def build_pool_app(specs: list[ModelSpec], options: PoolOptions):
                                                            request_router_kwargs={
                                                                "spread_hot_models": options.spread_hot_models,
                                                                "hot_waiting_requests": options.hot_waiting_requests})}
-    if options.autoscaling:
-        kwargs["autoscaling_config"] = options.autoscaling
+    if options.autoscaling is not None:
+        kwargs["autoscaling_config"] = serve_autoscaling_config(options.autoscaling)
     else:
         kwargs["num_replicas"] = options.replicas
     return PoolReplica.options(**kwargs).bind(specs, options)

@@ -50,6 +50,9 @@ class GenerationRequest:
     team: str | None = None
     weight: float = 1.0
     priority: int = 0
+    # wall clock when the gateway handed it to the Ray pool: a replica that became ready after it
+    # counts the request's wait as a cold start (PoolReplica's ColdStart); None in-process
+    sent_at: float | None = None
     # the rest, for an upstream: OpenAI fields the gateway validated and passes on unchanged
     # (e.g. `user`), never read by the pool
     passthrough: dict = field(default_factory=dict)

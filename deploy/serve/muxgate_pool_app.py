@@ -13,26 +13,14 @@ from __future__ import annotations
 
 import os
 
-from gateway.config import MuxgateConfig, load_config
-from gateway.server import model_specs, pool_options
-from workers.serve_app import BOARD_NAME, BOARD_NAMESPACE, PoolBoard, PoolOptions, build_pool_app
+from gateway.config import load_config
+from gateway.server import model_specs, ray_pool_options
+from workers.serve_app import BOARD_NAME, BOARD_NAMESPACE, PoolBoard, build_pool_app
 
 DEFAULT_CONFIG = "/etc/muxgate/muxgate.yaml"
 # `revision` is read by nobody: Serve rebuilds an application when its args change, so bumping it
 # rolls the pool after the config file (a ConfigMap) changed under an unchanged serveConfigV2.
 KNOWN_ARGS = {"config", "revision"}
-
-
-def options_from_config(config: MuxgateConfig) -> PoolOptions:
-    """The `pool:` section as PoolOptions, exactly as `muxgate serve` builds them (a test compares)."""
-    pool = config.pool
-    kwargs = pool_options(config)
-    return PoolOptions(replicas=pool.replicas, num_cpus=pool.num_cpus, num_gpus=pool.num_gpus,
-                       torch_threads=pool.torch_threads, max_resident_models=pool.max_resident_models,
-                       load_timeout_s=pool.load_timeout_s, max_ongoing_requests=pool.max_ongoing_requests,
-                       autoscaling=pool.autoscaling, device_budget_bytes=kwargs["device_budget_bytes"],
-                       host_budget_bytes=kwargs["host_budget_bytes"], eviction=pool.eviction,
-                       kv_reserve_tokens=pool.kv_reserve_tokens)
 
 
 def ensure_board() -> None:
@@ -56,4 +44,4 @@ def build(args: dict):
     path = args.get("config") or os.environ.get("MUXGATE_CONFIG") or DEFAULT_CONFIG
     config = load_config(path)
     ensure_board()
-    return build_pool_app(model_specs(config), options_from_config(config))
+    return build_pool_app(model_specs(config), ray_pool_options(config))  # as `muxgate serve` deploys

@@ -7,6 +7,7 @@ work behind it (the engine frees the sequence's slot).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import AsyncIterator, Protocol
 
 from gateway.http.errors import BackendUnavailable
@@ -60,14 +61,25 @@ def _unwrap_ray_error(exc: BaseException) -> BaseException:
 
 
 class RayServeBackend:
-    """The Ray Serve pool application, called through its DeploymentHandle."""
+    """The Ray Serve pool application, called through its DeploymentHandle.
 
-    def __init__(self, handle, owns_app: bool = True):
+    With no replica running (autoscaling to zero) a request waits at the handle while Serve starts
+    one (the gateway's first-token timeout bounds it); the model list is read from the checkpoints
+    here, so /v1/models and /readyz neither wait for a replica nor start one.
+    """
+
+    def __init__(self, handle, owns_app: bool = True, specs: list[ModelSpec] | None = None,
+                 kv_reserve_tokens: int = 2048):
         self.handle = handle
         self.owns_app = owns_app  # False: the cluster runs the pool; leaving must not delete it
         self._stream = handle.options(stream=True)
+        self._specs = list(specs or [])
+        self._kv_reserve_tokens = kv_reserve_tokens
+        self._infos: dict[str, ModelInfo] = {}
+        self._listed_here: bool | None = None  # None: not tried; False: checkpoints not here, ask the pool
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        req.sent_at = time.time()  # a replica started after this counts the request's cold-start wait
         gen = self._stream.generate.remote(model, req)
         try:
             async for chunk in gen:
@@ -81,6 +93,14 @@ class RayServeBackend:
             gen.cancel()  # no-op when finished; frees the replica's slot when the client left
 
     async def models(self) -> list[ModelInfo]:
+        if self._listed_here is not False:
+            from workers.checkpoint import servable_models
+
+            infos = servable_models(self._specs, self._kv_reserve_tokens, self._infos)
+            self._listed_here = bool(self._specs) and len(infos) == len(self._specs)
+            if self._listed_here:
+                return infos
+        # checkpoints only on the cluster (an attached gateway): a replica lists them
         return await self.handle.models.remote()
 
     async def stats(self) -> list[dict]:

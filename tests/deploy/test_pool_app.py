@@ -85,8 +85,7 @@ def test_builder_refuses_unknown_args():
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_builder_options_equal_what_muxgate_serve_deploys(tmp_path, monkeypatch):
-    """The builder duplicates the few lines of gateway/server.make_backend that map the `pool:`
-    section to PoolOptions; this keeps the two in step."""
+    """The builder and gateway/server.make_backend deploy the same PoolOptions and specs."""
     import gateway.server
     import workers.serve_app
     from gateway.config import load_config
@@ -101,5 +100,5 @@ def test_builder_options_equal_what_muxgate_serve_deploys(tmp_path, monkeypatch)
     monkeypatch.setattr(workers.serve_app, "deploy_pool", fake_deploy)
     monkeypatch.setattr(gateway.server, "RayServeBackend", lambda *args, **kwargs: None)
     gateway.server.make_backend(config, use_ray=True)
-    assert load_builder().options_from_config(config) == captured["options"]
+    assert load_builder().ray_pool_options(config) == captured["options"]
     assert gateway.server.model_specs(config) == captured["specs"]

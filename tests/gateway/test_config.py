@@ -38,6 +38,10 @@ def test_shipped_configs_are_valid():
     ({"models": [{"name": "m"}]}, "models[0]"),
     ({"keys": [{"team": "t"}]}, "keys[0]"),
     ({"pool": {"backend": "kubernetes"}}, "pool.backend"),
+    ({"pool": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}, "pool.autoscaling"),
+    ({"pool": {"autoscaling": {"min_replicas": -1}}}, "pool.autoscaling.min_replicas"),
+    ({"pool": {"autoscaling": {"target_ongoing_requests": 2}}}, "use target_per_replica"),  # Serve's own key
+    ({"pool": {"autoscaling": {"look_back_period_s": 1, "metrics_interval_s": 2}}}, "pool.autoscaling"),
     ({"server": {"body_read_timeout_s": float("inf")}}, "server.body_read_timeout_s"),  # .inf: never
     ({"server": {"default_max_tokens": 2**70}}, "server.default_max_tokens"),  # a request's bound too
     ({"routing": {"default_model": "ghost"}}, "default_model"),
@@ -85,3 +89,20 @@ def test_config_reference_is_current_and_documents_every_key():
     assert "| `pool.num_gpus` |" in text and "| `keys[].key_file` |" in text
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert all(not line.rstrip().endswith("|  |") for line in rows), "a key without a description"
+
+
+def test_autoscaling_section_maps_onto_serves_config_with_muxgate_policy(tmp_path):
+    """min_replicas 0 is scale to zero; Serve's own delays are neutral so muxgate's policy alone decides."""
+    from gateway.server import ray_pool_options
+    from workers.serve_app import serve_autoscaling_config
+
+    config = load_config(write(tmp_path, {**BASE, "pool": {"autoscaling": {
+        "min_replicas": 0, "max_replicas": 3, "target_per_replica": 4, "downscale_to_zero_delay_s": 5}}}))
+    serve_config = serve_autoscaling_config(ray_pool_options(config).autoscaling)
+    assert (serve_config.min_replicas, serve_config.max_replicas) == (0, 3)
+    assert serve_config.policy.policy_function == "workers.autoscaling:PoolAutoscalingPolicy"
+    assert serve_config.policy.policy_kwargs == {"target_per_replica": 4.0, "upscale_delay_s": 10.0,
+                                                 "downscale_delay_s": 300.0, "downscale_to_zero_delay_s": 5.0,
+                                                 "scale_on_residency_pressure": True}
+    assert (serve_config.upscale_delay_s, serve_config.downscale_delay_s, serve_config.downscale_to_zero_delay_s) == (0, 0, 0)
+    assert load_config(write(tmp_path, {**BASE, "pool": {"autoscaling": {}}})).pool.autoscaling.min_replicas == 1

@@ -41,3 +41,15 @@ def test_collector_renders_the_latest_pool_snapshot():
     assert 'muxgate_pool_loads_total{replica="r1",tier="warm"} 1.0' in text
     assert 'muxgate_pool_evictions_total{replica="r1"} 4.0' in text
     assert 'muxgate_pool_swap_in_seconds_total{replica="r1",tier="cold"} 0.5' in text
+
+
+def test_a_ray_replicas_cold_start_cost_is_rendered():
+    collector = PoolMetricsCollector()
+    collector.snapshot = [{**SNAPSHOT[0], "replica_start_seconds": 2.5, "cold_start_waits": 1,
+                           "cold_start_wait_seconds": 6.25}]
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert 'muxgate_pool_replica_start_seconds{replica="r1"} 2.5' in text
+    assert 'muxgate_pool_cold_start_waits_total{replica="r1"} 1.0' in text
+    assert 'muxgate_pool_cold_start_wait_seconds_total{replica="r1"} 6.25' in text
