@@ -162,12 +162,13 @@ class PoolReplica:
         return {**self.pool.stats(), **self.cold_start.stats()}
 
     async def record_autoscaling_stats(self) -> dict:
-        """Called by Serve every `look_back_period_s` / 5 while autoscaling (on the replica's event
-        loop, where the pool lives); read by workers/autoscaling.py in Serve's controller."""
-        stats = self.pool.stats()
-        waiting_for_room = [m for m in stats["queue_depth"] if m not in stats["loading"]]
+        """Called by Serve every min(look_back_period_s / 5, metrics_interval_s) while autoscaling
+        (on the replica's event loop, where the pool lives); read by workers/autoscaling.py in
+        Serve's controller. Pressure: models take turns, or a load waits for room (no reservation yet)."""
+        stats, reserved = self.pool.stats(), self.pool.ledger.holders()
+        blocked = any(name not in reserved for name in stats["queue_depth"])
         return {REQUESTS_METRIC: float(self.requests),
-                PRESSURE_METRIC: 1.0 if stats["paused"] or waiting_for_room else 0.0}
+                PRESSURE_METRIC: 1.0 if stats["paused"] or blocked else 0.0}
 
     def record_routing_stats(self) -> dict:
         """Called by Serve's controller every ROUTING_STATS_PERIOD_S; read by ModelAwareRouter."""
