@@ -13,12 +13,12 @@ prefix is cached there).
 
 A hot model spreads: when every holder is hot for it (too many of its requests waiting there for
 their first token, or it is paused there for another model's load, or its requests keep another
-model's load waiting there) and another replica has room for it (free bytes for the model's
-reservation: it loads without evicting anything), that replica joins the holders' group, so it
-loads the model and takes part of the flood. At most one such helper at a time per model: a
-replica already loading the model, or just sent it, is that helper (affinity: the flood's requests
-keep going to the same one instead of touching every replica); a further one is chosen only once
-the helper holds the model and is hot too.
+model's load waiting there) and another replica has room for it (its free bytes plus its idle
+models' bytes cover the model's reservation: it loads without evicting anything busy), that
+replica joins the holders' group, so it loads the model and takes part of the flood. At most one
+such helper at a time per model: a replica already loading the model, or just sent it, is that
+helper (affinity: the flood's requests keep going to the same one instead of touching every
+replica); a further one is chosen only once the helper holds the model and is hot too.
 """
 
 from __future__ import annotations
@@ -71,12 +71,13 @@ def is_hot(stats: dict, model: str, hot_waiting: int = HOT_WAITING_REQUESTS) -> 
 
 
 def has_room(stats: dict, model: str, reservation: int) -> bool:
-    """The replica can load `model` now without evicting anything: its free bytes cover the
-    model's reservation, and no load of its own is waiting for room (nor pausing models for one)."""
+    """The replica can load `model` now without evicting anything busy: its free bytes and its idle
+    models' bytes cover the model's reservation, and no load of its own is waiting for room (nor
+    pausing models for one)."""
     if not stats or reservation <= 0:
         return False
-    return (stats.get("free_bytes", 0) >= reservation and not stats.get("blocked_loads")
-            and not stats.get("paused"))
+    room = stats.get("free_bytes", 0) + stats.get("idle_bytes", 0)
+    return room >= reservation and not stats.get("blocked_loads") and not stats.get("paused")
 
 
 def reservation_of(model: str, holders: Iterable[Replica]) -> int:

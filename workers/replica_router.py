@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import List, Optional
 
-from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from workers.replica_ranking import HOT_WAITING_REQUESTS, SpreadPolicy, rank_replicas
 
@@ -34,7 +34,11 @@ def requested_model(pending: Optional[PendingRequest]) -> str | None:
     return model if isinstance(model, str) else None
 
 
-class ModelAwareRouter(FIFOMixin, RequestRouter):
+class ModelAwareRouter(RequestRouter):
+    """Serve's default matching: the replica chosen for a request goes to that request. (FIFOMixin
+    would hand it to the oldest pending request whatever its model, so under concurrent traffic a
+    cold model's choice of replica carried a hot model's request there, and the hot model's too.)"""
+
     def initialize_state(self, spread_hot_models: bool = True, hot_waiting_requests: int = HOT_WAITING_REQUESTS,
                          **kwargs):
         """Serve passes the deployment's `request_router_kwargs` (build_pool_app: from PoolOptions)."""

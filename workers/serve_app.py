@@ -195,6 +195,8 @@ class PoolReplica:
             "waiting": {name: n for name, n in waiting.items() if n},
             "paused": stats["paused"],
             "reserved": stats["resident_bytes"],  # what another replica needs free to load each one
+            # resident models with no request: a load may evict them, so their bytes are room too
+            "idle_bytes": sum(n for name, n in stats["resident_bytes"].items() if not stats["in_flight"].get(name)),
             # loads waiting for room (no reservation yet): their requests wait behind the resident models
             "blocked_loads": [name for name in stats["queue_depth"] if name not in reserved],
         }

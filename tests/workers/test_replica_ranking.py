@@ -62,6 +62,12 @@ def test_no_spread_to_a_replica_without_room_for_the_model():
     assert ids(groups)[0] == ["a"]
 
 
+def test_idle_models_count_as_room_busy_ones_do_not():
+    idle = spare("b", free_bytes=GB, idle_bytes=GB)
+    busy = spare("c", free_bytes=GB, in_flight=3)
+    assert ids(rank_replicas("hot", [holder("a", waiting=9), busy, idle], never))[0] == ["a", "b"]
+
+
 def test_no_spread_while_one_holder_keeps_up():
     groups = rank_replicas("hot", [holder("a", waiting=50), holder("b"), spare("c")], never)
     assert ids(groups) == [["b", "a"], ["c"]]
