@@ -322,6 +322,14 @@ class PoolConfig(Strict):
     shutdown_grace_s: float = Field(
         10.0, gt=0, description="How long a stopping pool replica lets its unfinished requests run (Ray Serve's "
         "graceful_shutdown_timeout_s) when the pool application is deleted or scaled down.")
+    spread_hot_models: bool = Field(
+        True, description="A hot model also goes to a second replica that has room for it (free plus idle models' "
+        "bytes cover its reservation): when every replica holding it is hot for it, that replica loads it and takes "
+        "part of its requests (workers/replica_ranking.py; one helper replica per model at a time). Ray pool only.")
+    hot_waiting_requests: int = Field(
+        4, ge=0, description="With `spread_hot_models`: a replica holding a model is hot for it when more than this "
+        "many of its requests wait there for their first token (also when the model is paused there, or its requests "
+        "keep another model's load waiting).")
 
 
 class MuxgateConfig(Strict):

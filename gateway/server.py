@@ -112,7 +112,8 @@ def ray_pool_options(config: MuxgateConfig):
                        host_budget_bytes=options["host_budget_bytes"], eviction=pool.eviction,
                        kv_reserve_tokens=pool.kv_reserve_tokens,
                        prefix_cache_bytes=options["prefix_cache_bytes"], shutdown_grace_s=pool.shutdown_grace_s,
-                       max_queued_requests=pool.max_queued_requests)
+                       max_queued_requests=pool.max_queued_requests, spread_hot_models=pool.spread_hot_models,
+                       hot_waiting_requests=pool.hot_waiting_requests)
 
 
 def announce(config: MuxgateConfig, host: str, port: int) -> None:

@@ -193,6 +193,20 @@ class ModelPool:
             "eviction_policy": self.policy.name,
         }
 
+    def waiting_by_model(self) -> dict[str, int]:
+        """Per model, its requests waiting for their first token: for its load, or for a row in its
+        engine's running batch (what makes a replica hot for it: workers/replica_ranking.py)."""
+        waiting = {name: n for name, n in self._waiting_for_load.items() if n}
+        for name, resident in list(self._resident.items()):
+            waiting[name] = waiting.get(name, 0) + resident.engine.queued
+        return {name: n for name, n in waiting.items() if n}
+
+    def blocked_loads(self) -> list[str]:
+        """Loads waiting for room (no reservation in the ledger yet): their requests wait behind the
+        resident models, which the router and the autoscaler read as memory pressure."""
+        reserved = self.ledger.holders()
+        return [name for name, n in self._waiting_for_load.items() if n and name not in reserved]
+
     # ---- serving ----------------------------------------------------------------------------
 
     async def generate(self, model: str, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:

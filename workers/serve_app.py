@@ -165,10 +165,8 @@ class PoolReplica:
         """Called by Serve every min(look_back_period_s / 5, metrics_interval_s) while autoscaling
         (on the replica's event loop, where the pool lives); read by workers/autoscaling.py in
         Serve's controller. Pressure: models take turns, or a load waits for room (no reservation yet)."""
-        stats, reserved = self.pool.stats(), self.pool.ledger.holders()
-        blocked = any(name not in reserved for name in stats["queue_depth"])
-        return {REQUESTS_METRIC: float(self.requests),
-                PRESSURE_METRIC: 1.0 if stats["paused"] or blocked else 0.0}
+        pressure = bool(self.pool.stats()["paused"] or self.pool.blocked_loads())
+        return {REQUESTS_METRIC: float(self.requests), PRESSURE_METRIC: 1.0 if pressure else 0.0}
 
     def record_routing_stats(self) -> dict:
         """Called by Serve's controller every ROUTING_STATS_PERIOD_S; read by ModelAwareRouter."""
@@ -180,10 +178,6 @@ class PoolReplica:
         except Exception:  # no board (e.g. deployed by other means): routing still works
             pass
         free = stats["device_capacity_bytes"] - stats["device_reserved_bytes"]
-        reserved = self.pool.ledger.holders()  # resident models and loads that got their room
-        waiting = dict(stats["queue_depth"])  # per model: waiting for its load ...
-        for name, resident in list(self.pool._resident.items()):  # ... and for a row in its running batch
-            waiting[name] = waiting.get(name, 0) + resident.engine.queued
         return {
             "resident": stats["resident"],
             "loading": stats["loading"],
@@ -192,13 +186,12 @@ class PoolReplica:
             "in_flight": sum(stats["in_flight"].values()),
             # what workers/replica_ranking.py needs to spread a hot model to a replica with room
             "in_flight_by_model": stats["in_flight"],
-            "waiting": {name: n for name, n in waiting.items() if n},
+            "waiting": self.pool.waiting_by_model(),
             "paused": stats["paused"],
             "reserved": stats["resident_bytes"],  # what another replica needs free to load each one
             # resident models with no request: a load may evict them, so their bytes are room too
             "idle_bytes": sum(n for name, n in stats["resident_bytes"].items() if not stats["in_flight"].get(name)),
-            # loads waiting for room (no reservation yet): their requests wait behind the resident models
-            "blocked_loads": [name for name in stats["queue_depth"] if name not in reserved],
+            "blocked_loads": self.pool.blocked_loads(),
         }
 
 

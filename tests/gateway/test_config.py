@@ -106,3 +106,15 @@ def test_autoscaling_section_maps_onto_serves_config_with_muxgate_policy(tmp_pat
                                                  "scale_on_residency_pressure": True}
     assert (serve_config.upscale_delay_s, serve_config.downscale_delay_s, serve_config.downscale_to_zero_delay_s) == (0, 0, 0)
     assert load_config(write(tmp_path, {**BASE, "pool": {"autoscaling": {}}})).pool.autoscaling.min_replicas == 1
+
+
+def test_hot_model_spreading_is_configured_in_the_pool_section(tmp_path):
+    from gateway.server import ray_pool_options
+    from workers.serve_app import build_pool_app
+
+    default = ray_pool_options(load_config(write(tmp_path, BASE)))
+    assert (default.spread_hot_models, default.hot_waiting_requests) == (True, 4)
+    options = ray_pool_options(load_config(write(tmp_path, {**BASE, "pool": {"spread_hot_models": False,
+                                                                             "hot_waiting_requests": 2}})))
+    router = build_pool_app([], options)._bound_deployment._deployment_config.request_router_config
+    assert router.request_router_kwargs == {"spread_hot_models": False, "hot_waiting_requests": 2}
