@@ -13,6 +13,8 @@ Systems (`--systems`, default `inprocess,serve`):
 - `inprocess`: muxgate's ModelPool in this process (the class a pool replica runs, no Ray in its
   path); it also reports each phase's CPU seconds per second and, from them, the floor one process
   puts under `a_throughput_ratio` (`a_throughput_floor_one_process`: A's and B's steps share one GIL);
+  every system reports each phase's `machine_cpu_busy` (the share of all cores busy, every process
+  counted: where it nears 1, the machine itself is the floor);
 - `ray`: muxgate's Ray Serve pool as `muxgate serve` deploys it (`deploy_pool`, `--replicas`, one
   CPU each, the model-aware request router), on a local Ray;
 - `serve`: Ray Serve's `@serve.multiplexed` baseline (loadtests/mux_trace.serve_multiplexed_app,
@@ -90,6 +92,17 @@ class Phase:
         return out
 
 
+def machine_cpu() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of all cores since boot (Linux /proc/stat), or None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def b_arrivals(seconds: float, rate: float, seed: int) -> list[tuple[float, str]]:
     rng = random.Random(seed)
     t, out = 0.0, []
@@ -108,10 +121,14 @@ async def three_phases(make_call, args, arrivals) -> dict:
         call, close, stats = await make_call()
         try:
             await call(HOT, "A")  # A's model is resident when each phase starts
-            cpu0, t0 = time.process_time(), time.perf_counter()
+            cpu0, t0, machine0 = time.process_time(), time.perf_counter(), machine_cpu()
             phases[name] = await Phase(call, args.seconds, args.deadline_s).run(a_clients, trace)
             cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - t0)
+            machine1 = machine_cpu()
             phases[name].update(await stats())
+            if machine0 and machine1:  # every process here (replicas, Ray, other load): the machine's own floor
+                busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
+                phases[name]["machine_cpu_busy"] = round(busy / total, 3) if total else None
             if phases[name].pop("in_process", False):  # the system runs in this process: its CPU is ours
                 phases[name]["process_cpu_share"] = round(cpu_share, 3)  # CPU seconds per second, all threads
         finally:
