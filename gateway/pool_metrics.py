@@ -35,6 +35,12 @@ class PoolMetricsCollector:
                                    labels=["replica", "tier"])
         evictions = CounterMetricFamily("muxgate_pool_evictions", "Models evicted from the device.", labels=["replica"])
         failures = CounterMetricFamily("muxgate_pool_load_failures", "Loads that failed.", labels=["replica"])
+        preemptions = CounterMetricFamily(
+            "muxgate_pool_preemptions", "Times a request was preempted on a model paused for another model's load "
+            "(its KV released, recomputed when the model is back).", labels=["replica"])
+        recomputed = CounterMetricFamily(
+            "muxgate_pool_recomputed_tokens", "KV positions of preempted requests computed again when they resumed.",
+            labels=["replica"])
         drafted = CounterMetricFamily(
             "muxgate_pool_draft_tokens", "Speculative decoding: tokens a draft proposed for a resident model, and "
             "those the model accepted (accepted / proposed is the acceptance rate; resets when the model reloads).",
@@ -66,6 +72,8 @@ class PoolMetricsCollector:
                 swap.add_metric([r, tier], secs)
             evictions.add_metric([r], s.get("evictions", 0))
             failures.add_metric([r], s.get("load_failures", 0))
+            preemptions.add_metric([r], s.get("preemptions", 0))
+            recomputed.add_metric([r], s.get("recomputed_tokens", 0))
             for model, counts in s.get("draft_tokens", {}).items():
                 for outcome, n in counts.items():
                     drafted.add_metric([r, model, outcome], n)
@@ -73,8 +81,8 @@ class PoolMetricsCollector:
                 start.add_metric([r], s["replica_start_seconds"])
                 cold_waits.add_metric([r], s.get("cold_start_waits", 0))
                 cold_wait.add_metric([r], s.get("cold_start_wait_seconds", 0.0))
-        yield from (resident, tier_bytes, capacity, model_bytes, queue, loads, swap, evictions, failures, drafted,
-                    start, cold_waits, cold_wait)
+        yield from (resident, tier_bytes, capacity, model_bytes, queue, loads, swap, evictions, failures, preemptions,
+                    recomputed, drafted, start, cold_waits, cold_wait)
 
 
 async def poll_pool_stats(backend, collector: PoolMetricsCollector, period_s: float = 2.0) -> None:

@@ -69,7 +69,7 @@ def pool_options(config: MuxgateConfig) -> dict:
                 device_budget_bytes=int(pool.device_budget_mb * mib) if pool.device_budget_mb else None,
                 host_budget_bytes=int(pool.host_budget_mb * mib), eviction=pool.eviction,
                 kv_reserve_tokens=pool.kv_reserve_tokens, prefix_cache_bytes=int(pool.prefix_cache_mb * mib),
-                max_queued_requests=pool.max_queued_requests)
+                max_queued_requests=pool.max_queued_requests, preempt_after_s=pool.preempt_after_s)
 
 
 def make_backend(config: MuxgateConfig, use_ray: bool, ray_address: str | None = None) -> Backend:
@@ -113,7 +113,7 @@ def ray_pool_options(config: MuxgateConfig):
                        kv_reserve_tokens=pool.kv_reserve_tokens,
                        prefix_cache_bytes=options["prefix_cache_bytes"], shutdown_grace_s=pool.shutdown_grace_s,
                        max_queued_requests=pool.max_queued_requests, spread_hot_models=pool.spread_hot_models,
-                       hot_waiting_requests=pool.hot_waiting_requests)
+                       hot_waiting_requests=pool.hot_waiting_requests, preempt_after_s=pool.preempt_after_s)
 
 
 def announce(config: MuxgateConfig, host: str, port: int) -> None:

@@ -35,6 +35,7 @@ class StepOutput:
     seconds: float = 0.0  # the prefill chunks and the batched decode
     speculate_seconds: dict[int, float] = field(default_factory=dict)  # id(sequence) -> its draft + verify time
     failed: list[tuple[Sequence, Exception]] = field(default_factory=list)
+    refilled: set[int] = field(default_factory=set)  # id(sequence) of chunks that recomputed a preempted one's KV
 
 
 class RunningBatch:
@@ -52,9 +53,9 @@ class RunningBatch:
         return len(self.rows)
 
     def admit(self, seq: Sequence, prefix: torch.Tensor | None = None, reused: int = 0) -> None:
-        """Give a sequence a row sized for its prompt and first token, starting from `reused`
-        positions of a cached prefix."""
-        seq.row = self.cache.add(len(seq.prompt_ids) + 1)
+        """Give a sequence a row sized for its prompt (or, refilling, its KV's tokens) and next
+        token, starting from `reused` positions of a cached prefix."""
+        seq.row = self.cache.add(len(seq.fill_ids) + 1)
         self.rows.append(seq)
         if reused:
             self.cache.load_prefix(seq.row, prefix, reused)
@@ -81,11 +82,18 @@ class RunningBatch:
 
     def prefill(self, model, seq: Sequence, n: int) -> torch.Tensor | None:
         """Feed the next `n` prompt tokens of `seq`. Returns the logits after the last prompt token
-        when this chunk completes the prompt, else None."""
-        start = seq.prefilled
-        logits = row_forward(model, self.cache, seq.row, seq.prompt_ids[start : start + n], keep=1)
+        when this chunk completes the prompt, else None. A refilling sequence's last chunk returns
+        None too and ends its refill: its next token was sampled before it was preempted, so it
+        decodes from that token at the next step."""
+        start, tokens = seq.prefilled, seq.fill_ids
+        logits = row_forward(model, self.cache, seq.row, tokens[start : start + n], keep=1)
         seq.prefilled = start + n
-        return logits[-1] if seq.prefilled == len(seq.prompt_ids) else None
+        if seq.prefilled < len(tokens):
+            return None
+        if seq.refilling:
+            seq.refilling = False
+            return None
+        return logits[-1]
 
     def verify(self, model, seq: Sequence, tokens: list[int]) -> torch.Tensor:
         """Speculative decoding's check: feed a decoding sequence's last token plus draft proposals

@@ -7,10 +7,13 @@ plus every decoding sequence. Run: one forward per prefill chunk, then ONE forwa
 batch (rows of a slotted KV cache, each with its own position and mask). Update: sample each
 sequence with its own generator, detokenize, check stops, emit; finished sequences leave (their KV
 filed in the prefix cache). Sequences join and leave at token granularity, and nothing one
-sequence does changes another's tokens. A greedy sequence given a draft model is verified
-speculatively (workers/speculative.py): its own forward over several drafted tokens per step,
-outside the batched decode, while few sequences decode (with many, batching already keeps the
-model busy and the extra forwards would cost the others).
+sequence does changes another's tokens. A paused model's sequences can be preempted at a step
+boundary (`preempt`: their KV released, everything else kept) and put into another engine of the
+same model (`resume`), which re-prefills their tokens without sampling and decodes on from the
+last sampled token: the same tokens and the same stream as without the interruption. A greedy
+sequence given a draft model is verified speculatively (workers/speculative.py): its own forward
+over several drafted tokens per step, outside the batched decode, while few sequences decode
+(with many, batching already keeps the model busy and the extra forwards would cost the others).
 
 Why not transformers' own continuous batching (ContinuousBatchingManager / paged attention, as
 of 5.24): it samples inside its compiled forward with the global RNG and one `do_sample` for all
@@ -21,6 +24,7 @@ does it, and stop strings cannot be honoured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -40,13 +44,14 @@ from workers.logits import TokenVocab, row_logits
 from workers.prefix_cache import PrefixCache
 from workers.sampling import make_generator, sample_next
 from workers.sequence import Sequence
+from workers.sequence_stream import DONE, PREEMPTED, Preempted, SequenceStream
 from workers.speculative import DraftState, accepted_prefix
 from workers.tool_format import render_chat
 from workers.tool_stream import ToolCallStream
 from workers.types import ContextLengthExceeded, GenerationChunk, GenerationRequest
 
 log = logging.getLogger(__name__)
-_DONE = object()
+_EMA = 0.2  # weight of the latest measurement in the step-time averages
 
 DEFAULT_PREFIX_CACHE_BYTES = 256 << 20
 DEFAULT_PREFILL_CHUNK_TOKENS = 256
@@ -140,6 +145,12 @@ class Engine:
         self.draft_proposed = 0  # speculative decoding: tokens drafted, and accepted by this model
         self.draft_accepted = 0
         self.speculative_steps = 0  # verify forwards
+        self.preempted = 0  # sequences taken out by `preempt`
+        self.recomputed_tokens = 0  # KV positions of resumed sequences computed again (prefix cache hits not counted)
+        # measured, for preemption's cost rule: one batched decode forward, and prefill per token
+        self.decode_step_seconds = 0.0
+        self.prefill_token_seconds = 0.0
+        self._preempt_asked: tuple[bool, float] | None = None  # set by `preempt` until the scheduler acts
         self._thread = threading.Thread(target=self._loop, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -271,22 +282,48 @@ class Engine:
             seq.parent = first
         if draft is not None and n == 1 and first.logits is None and req.temperature <= 0.0 and req.draft_tokens > 0:
             first.draft = DraftState(draft, req.draft_tokens)  # constrained or processed rows never speculate
+        async with contextlib.aclosing(self._served(SequenceStream(first, seqs, queue))) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def resume(self, preempted: Preempted) -> AsyncIterator[GenerationChunk]:
+        """Serve on a stream preempted from an engine of this same model (the one before it was
+        swapped out, or this one): its sequences re-prefill the tokens their KV held, without
+        sampling, then decode on from their last sampled token, emitting into the same stream.
+        Call it on the event loop that consumed the stream before."""
+        first = preempted.stream.first
+        rows = 1 + len(first.forks)
+        if self.kv_budget_tokens is not None and rows * _full_length(first) > self.kv_budget_tokens:
+            raise ContextLengthExceeded(f"this engine's KV budget ({self.kv_budget_tokens} tokens) cannot hold the "
+                                        "preempted request", context_length=self.context_length)
+        async with contextlib.aclosing(self._served(preempted.stream)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _served(self, stream: SequenceStream) -> AsyncIterator[GenerationChunk]:
+        """Queue the stream's request for admission and yield its chunks."""
+        first, req = stream.first, stream.first.req
+        for seq in stream.seqs:
+            seq.entered = time.monotonic()
         with self._wake:
-            self._waiting.push(first, req.team, n * (len(prompt_ids) + max_new), req.weight, req.priority)
+            self._waiting.push(first, req.team, len(stream.seqs) * _full_length(first), req.weight, req.priority)
             self._wake.notify()
-        try:
-            done = 0
-            while done < n:
-                item = await queue.get()
-                if item is _DONE:
-                    done += 1
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            for seq in seqs:
-                seq.cancelled = True
+        async with contextlib.aclosing(stream.chunks()) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def preempt(self, finish_if_cheaper: bool = True, entered_before: float | None = None) -> None:
+        """Take the sequences out at the next step boundary (on the scheduler thread): every waiting
+        one, and every running one except the choices of an n > 1 request (they finish) and, with
+        `finish_if_cheaper`, one whose remaining tokens take less time to decode than its KV takes
+        to recompute (measured step times; unmeasured: preempted). `entered_before` (monotonic
+        seconds): only the requests submitted or resumed here before then. A taken-out sequence's
+        KV row is released (filed in the prefix cache, which may spare its refill if this engine
+        serves it on), its draft dropped; its stream raises `Preempted`, for `resume` on an engine
+        of this model."""
+        with self._wake:
+            self._preempt_asked = (finish_if_cheaper, float("inf") if entered_before is None else entered_before)
+            self._wake.notify()
 
     def _sequence(self, req: GenerationRequest, prompt_ids: list[int], max_new: int, index: int, spec, compiled,
                   emit) -> Sequence:
@@ -333,6 +370,9 @@ class Engine:
                     if seq.cancelled and not seq.finished:
                         self._release(seq)
                 self._running = [s for s in self._running if not (s.finished or s.cancelled)]
+                if self._preempt_asked is not None:
+                    self._take_out(*self._preempt_asked)
+                    self._preempt_asked = None
                 admitted = self._take_admissible()
                 if self._closed:
                     self._stepping = False
@@ -363,6 +403,37 @@ class Engine:
                 plan.prefill.append((seq, n))
                 budget -= n
         return plan
+
+    def _take_out(self, finish_if_cheaper: bool, entered_before: float) -> None:
+        """Preempt (see `preempt`): runs at a step boundary, the lock held."""
+        # never admitted: nothing to recompute
+        taken = [seq for seq in self._waiting if not seq.cancelled and seq.entered < entered_before]
+        for seq in taken:
+            self._waiting.drop(seq)
+        kept = []
+        for seq in self._running:
+            if (seq.forks or seq.parent is not None or seq.entered >= entered_before
+                    or (finish_if_cheaper and self._finishing_is_cheaper(seq))):
+                kept.append(seq)
+                continue
+            if self._prefix is not None and seq.decoding:
+                self._prefix.insert(seq.kv_tokens(), self._batch.export(seq), seq.req.cache_salt)
+            self._release(seq)
+            taken.append(seq)
+        self._running = kept
+        for seq in taken:
+            for choice in (seq, *seq.forks):
+                choice.taken_out()
+            self.preempted += 1 + len(seq.forks)
+            seq.emit(PREEMPTED)  # one per request: its choices share the stream
+
+    def _finishing_is_cheaper(self, seq: Sequence) -> bool:
+        """Decoding its remaining tokens (at the measured step time) takes less than recomputing its
+        KV would (at the measured prefill time per token)."""
+        if not seq.decoding or not self.decode_step_seconds or not self.prefill_token_seconds:
+            return False
+        left = seq.max_new_tokens - seq.generated
+        return left * self.decode_step_seconds < len(seq.kv_tokens()) * self.prefill_token_seconds
 
     def _take_admissible(self) -> list[Sequence]:
         """Move waiting requests that fit into the running batch, in fair order (a request's
@@ -406,12 +477,18 @@ class Engine:
         started = time.perf_counter()
         out = StepOutput({}, {})
         for seq, n in plan.prefill:
+            refill, begun = seq.refilling, time.perf_counter()
             try:
                 logits = self._batch.prefill(self.model, seq, n)
             except Exception as exc:  # one bad prompt must not take the others down
                 out.failed.append((seq, exc))
                 continue
-            self.prefill_tokens += n
+            self.prefill_token_seconds = _average(self.prefill_token_seconds, (time.perf_counter() - begun) / n)
+            if refill:
+                self.recomputed_tokens += n
+                out.refilled.add(id(seq))
+            else:
+                self.prefill_tokens += n
             if logits is not None:
                 out.prefill_logits[id(seq)] = logits
                 for fork in seq.forks:  # n > 1: the other choices start from this prefill
@@ -420,7 +497,9 @@ class Engine:
                         out.prefill_logits[id(fork)] = logits
         if plan.decode:
             try:
+                begun = time.perf_counter()
                 logits = self._batch.decode(self.model, plan.decode)
+                self.decode_step_seconds = _average(self.decode_step_seconds, time.perf_counter() - begun)
                 out.decode_logits = {id(s): logits[s.row] for s in plan.decode}
                 plain = [s for s in plan.decode if s.req.temperature <= 0.0 and s.logits is None]
                 if plain:  # rows with logits processors are argmaxed after them, in _update
@@ -458,7 +537,8 @@ class Engine:
         """Attribute the step's time, sample each sequence's next token, stream it, retire finished ones."""
         consumed = sum(n for _, n in plan.prefill) + len(plan.decode)
         for seq, n in plan.prefill:
-            seq.gpu_seconds += out.seconds * n / consumed
+            if id(seq) not in out.refilled:  # a recompute is the pool's choice: not charged to the request
+                seq.gpu_seconds += out.seconds * n / consumed
         for seq in plan.decode:
             seq.gpu_seconds += out.seconds / consumed
         for seq in plan.speculate:
@@ -528,21 +608,27 @@ class Engine:
             self._prefix.insert(seq.kv_tokens(), self._batch.export(seq), seq.req.cache_salt)
         self._release(seq)
         seq.emit(seq.output.chunk(delta, finish, len(seq.prompt_ids), seq.generated, seq.gpu_seconds))
-        seq.emit(_DONE)
+        seq.emit(DONE)
 
     def _admit(self, seq: Sequence) -> None:
         """Give an admitted sequence its KV row, starting from the longest cached prefix of its
-        prompt (at least one prompt token is always computed: its logits give the first token)."""
-        hit, kv = 0, None
+        prompt, or refilling, of its KV's tokens (at least one token is always computed: a prompt's
+        last logits give the first token)."""
+        hit, kv, tokens = 0, None, seq.fill_ids
         if self._prefix is not None and seq.parent is None:  # later choices copy their first's KV instead
-            hit, kv = self._prefix.lookup(seq.prompt_ids, limit=len(seq.prompt_ids) - 1, salt=seq.req.cache_salt)
+            hit, kv = self._prefix.lookup(tokens, limit=len(tokens) - 1, salt=seq.req.cache_salt)
         self._batch.admit(seq, kv, hit)
-        seq.cached_tokens = hit
+        if not seq.refilling:  # a refill's hits are no prompt caching the client sees
+            seq.cached_tokens = hit
         self.prefix_hit_tokens += hit
 
     def _release(self, seq: Sequence) -> None:
         if seq.row is not None:
             self._batch.leave(seq)
+
+
+def _average(mean: float, sample: float) -> float:
+    return sample if not mean else (1 - _EMA) * mean + _EMA * sample
 
 
 def _full_length(seq: Sequence) -> int:

@@ -13,9 +13,11 @@ One load per model at a time; loads of different models overlap; a request that 
 model within `load_timeout_s` gets PoolOverloaded (503 + Retry-After), not a hang.
 Models take turns: a load that finds no idle model to evict pauses busy ones, cheapest swap
 first (measured reload seconds x the requests it serves, per byte freed): a paused model admits
-no new request (they wait at its gate), its running ones finish, and once idle it is evicted like
-any other; its waiters then reload it (the swap back) the same way. A cold model's request thus
-gets its load within the paused models' running requests plus the loads, not never.
+no new request (they wait at its gate), its running ones finish or, still running
+`preempt_after_s` after the pause, are preempted (their KV released, each recomputed when its
+model is back, unless finishing it is cheaper), and once idle it is evicted like any other; its
+waiters, preempted streams among them, then reload it (the swap back) the same way. A cold
+model's request thus gets its load within `preempt_after_s` plus a step plus the loads.
 Requests waiting for their first token (for a load, for admission, in prefill) are bounded per
 replica by `max_queued_requests`, shared by team weight: a full queue refuses a team already
 holding its weighted part with QueueFull (429 + Retry-After); a team under its part still gets in,
@@ -49,6 +51,7 @@ from workers.types import (
     PoolOverloaded,
     QueueFull,
 )
+from workers.sequence_stream import Preempted
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
@@ -77,6 +80,9 @@ class ModelPool:
 
     `gpu_share`: the fraction of its GPU this replica was given (Ray's num_gpus); without
     `device_budget_bytes` it budgets that share of the card's total memory.
+    `preempt_after_s`: a model paused for another's load has the sequences still running this long
+    after the pause (and every such period after, those that entered since) preempted by recompute
+    (`Engine.preempt`: kept when finishing is cheaper); None or 0: never (they finish).
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class ModelPool:
         gpu_share: float = 1.0,
         device_memory: DeviceMemory | None = None,  # default: NVML on a cuda device (tests pass a fake)
         max_queued_requests: int = 256,
+        preempt_after_s: float | None = 2.0,
     ):
         from workers.weights import HostTier
 
@@ -108,6 +115,10 @@ class ModelPool:
         self.torch_threads = torch_threads
         self.kv_reserve_tokens = kv_reserve_tokens
         self.max_queued_requests = max_queued_requests
+        self.preempt_after_s = preempt_after_s or None
+        self._preempt_timers: dict[str, asyncio.TimerHandle] = {}  # paused model -> its next preemption
+        self.preemptions = 0  # times a request was preempted (then resumed, or dropped when its client left)
+        self._recomputed_evicted = 0  # recomputed tokens of engines evicted since (theirs are gone with them)
         self._queued: dict[str | None, int] = {}  # team -> requests waiting for their first token
         self._weights: dict[str | None, float] = {}  # team -> the weight its latest request carried
         self.queue_refusals = 0
@@ -188,6 +199,9 @@ class ModelPool:
             "paused": list(self._paused),
             "pauses": self.pauses,
             "paused_seconds": self._paused_seconds_now(),
+            "preemptions": self.preemptions,
+            "recomputed_tokens": self._recomputed_evicted + sum(r.engine.recomputed_tokens
+                                                                 for r in self._resident.values()),
             "host_demotions": self.host.demotions,
             "load_failures": self.load_failures,
             "eviction_policy": self.policy.name,
@@ -222,20 +236,42 @@ class ModelPool:
             resident = await self._turn(model)
             self.policy.touch(model, resident.reserved, resident.load_seconds)
             draft = self._draft_for(model, req)
-            # closed with this stream, not when collected: the engine drops the sequence at its next step
-            async with contextlib.aclosing(resident.engine.generate(req, draft=draft.engine.model if draft else None)) as chunks:
-                async for chunk in chunks:
-                    if queued:
-                        queued = self._dequeue(req)
-                    chunk.replica = self.replica_id
-                    yield chunk
+            stream = resident.engine.generate(req, draft=draft.engine.model if draft else None)
+            while stream is not None:
+                try:
+                    # closed with this stream, not when collected: the engine drops the sequence at its next step
+                    async with contextlib.aclosing(stream) as chunks:
+                        async for chunk in chunks:
+                            if queued:
+                                queued = self._dequeue(req)
+                            chunk.replica = self.replica_id
+                            yield chunk
+                    stream = None
+                except Preempted as preempted:
+                    draft = self._release_draft(req, draft)  # it decodes on without its draft
+                    stream = await self._resumed(model, preempted)
         finally:
             if queued:
                 self._dequeue(req)
             self._in_flight[model] -= 1
-            if draft is not None:
-                self._in_flight[req.draft_model] -= 1
+            self._release_draft(req, draft)
             self._room_changed()  # an idle model can be evicted for a waiting load now
+
+    async def _resumed(self, model: str, preempted: Preempted) -> AsyncIterator[GenerationChunk]:
+        """A stream preempted from `model`'s paused engine: it waits at the model's gate like a new
+        request (not in flight, so the model can drain and be evicted), then goes on in the model's
+        engine then resident (the one reloaded by the swap back) where it stopped. Not back within
+        `load_timeout_s`: PoolOverloaded."""
+        self.preemptions += 1
+        resident = await self._turn(model)
+        self.policy.touch(model, resident.reserved, resident.load_seconds)
+        return resident.engine.resume(preempted)
+
+    def _release_draft(self, req: GenerationRequest, draft: Resident | None) -> None:
+        """The stream no longer holds its draft model in flight. Returns None (no draft now)."""
+        if draft is not None:
+            self._in_flight[req.draft_model] -= 1
+        return None
 
     async def _turn(self, model: str) -> Resident:
         """The resident model once it admits requests: while it is paused for another model's load,
@@ -286,6 +322,21 @@ class ModelPool:
             self.pauses += 1
             freed, count = freed + self._resident[victim].reserved, count - 1
             log.info("pausing %s so that %s can load", victim, model)
+            if self.preempt_after_s is not None:
+                self._preempt_timers[victim] = asyncio.get_running_loop().call_later(
+                    self.preempt_after_s, self._preempt, victim)
+
+    def _preempt(self, model: str) -> None:
+        """Timer of a paused model: preempt its sequences that have run `preempt_after_s` (entered
+        its engine that long ago), and look again a period later while it stays paused, for those
+        let in since (a load's waiters are served once even if paused: they get their period too)."""
+        resident = self._resident.get(model)
+        if model not in self._paused or resident is None:
+            self._preempt_timers.pop(model, None)
+            return
+        log.debug("preempting %s: its sequences that entered over %.1fs ago", model, self.preempt_after_s)
+        resident.engine.preempt(entered_before=time.monotonic() - self.preempt_after_s)
+        self._preempt_timers[model] = asyncio.get_running_loop().call_later(self.preempt_after_s, self._preempt, model)
 
     def _swap_cost(self, model: str) -> float:
         """What pausing and swapping `model` out costs, per byte it frees: its measured reload
@@ -294,6 +345,9 @@ class ModelPool:
         return resident.load_seconds * (1 + self._in_flight.get(model, 0)) / max(1, resident.reserved)
 
     def _unpause(self, model: str) -> None:
+        timer = self._preempt_timers.pop(model, None)
+        if timer is not None:
+            timer.cancel()
         gate = self._paused.pop(model, None)
         if gate is not None:
             since = self._paused_since.pop(model)
@@ -494,6 +548,7 @@ class ModelPool:
         resident = self._resident.pop(model)
         self.ledger.release(model)
         self._borrowers.pop(model, None)
+        self._recomputed_evicted += resident.engine.recomputed_tokens
         self._unpause(model)  # its waiters reload it: the swap back
         self.evictions += 1
         self._retiring[model] = done = _retirements.submit(self._retire, model, [resident.engine], resident.reserved)

@@ -23,6 +23,9 @@ class Sequence:
     Life: waiting -> admitted with a `row` in the KV cache -> prefilling (`prefilled` prompt tokens
     have KV) -> decoding (once its first token is sampled) -> finished (row released). Its sampling
     generator and text stream are its own, so what it produces does not depend on what else runs.
+    Preempted (taken out of a paused model's batch, its row released): it keeps everything but its
+    KV, and once put into an engine again it is `refilling` (its `kv_tokens()` re-prefilled, nothing
+    sampled) and then decodes from its last sampled token as if never interrupted.
     """
 
     req: GenerationRequest
@@ -46,6 +49,8 @@ class Sequence:
     cancelled: bool = False
     finished: bool = False
     bypassed: int = 0  # later requests admitted while it waited for KV room (bounded: the engine's max_bypass)
+    entered: float = 0.0  # monotonic seconds when it was submitted to (or resumed in) its engine
+    refilling: bool = False  # preempted after sampling: its KV is recomputed before it decodes again
 
     @property
     def generated(self) -> int:
@@ -53,7 +58,7 @@ class Sequence:
 
     @property
     def decoding(self) -> bool:
-        return bool(self.output_ids)
+        return bool(self.output_ids) and not self.refilling
 
     @property
     def awaiting_fork(self) -> bool:
@@ -61,8 +66,21 @@ class Sequence:
         return self.parent is not None and self.prefilled < len(self.prompt_ids)
 
     @property
+    def fill_ids(self) -> list[int]:
+        """What its prefill feeds: the prompt, or when refilling every token its KV held."""
+        return self.kv_tokens() if self.refilling else self.prompt_ids
+
+    @property
     def prompt_left(self) -> int:
-        return len(self.prompt_ids) - self.prefilled
+        return len(self.fill_ids) - self.prefilled
+
+    def taken_out(self) -> None:
+        """Preempted: its row is gone (released by the engine); what it sampled, its generator,
+        text stream and logits state stay. Its draft is dropped: it decodes without one after."""
+        self.prefilled = 0
+        self.bypassed = 0
+        self.refilling = bool(self.output_ids)
+        self.draft = None
 
     def kv_tokens(self) -> list[int]:
         """The tokens its KV covers: the prompt and every sampled token but the last (never fed)."""

@@ -70,6 +70,7 @@ class PoolOptions:
     # as hot when more than hot_waiting_requests of its requests wait there for their first token
     spread_hot_models: bool = True
     hot_waiting_requests: int = HOT_WAITING_REQUESTS
+    preempt_after_s: float | None = 2.0  # a paused model's requests still running this long after are preempted
 
 
 @dataclass
@@ -133,6 +134,7 @@ class PoolReplica:
                               kv_reserve_tokens=options.kv_reserve_tokens,
                               prefix_cache_bytes=options.prefix_cache_bytes,
                               max_queued_requests=options.max_queued_requests,
+                              preempt_after_s=options.preempt_after_s,
                               gpu_share=options.num_gpus if options.num_gpus > 0 else 1.0)
         self.pool.warm_up()
         self.requests = 0  # on this replica: waiting for their first token or generating

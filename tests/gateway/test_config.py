@@ -118,3 +118,14 @@ def test_hot_model_spreading_is_configured_in_the_pool_section(tmp_path):
                                                                              "hot_waiting_requests": 2}})))
     router = build_pool_app([], options)._bound_deployment._deployment_config.request_router_config
     assert router.request_router_kwargs == {"spread_hot_models": False, "hot_waiting_requests": 2}
+
+
+def test_preempt_after_s_reaches_both_pools_and_null_turns_preemption_off(tmp_path):
+    from gateway.server import pool_options, ray_pool_options
+
+    default = load_config(write(tmp_path, BASE))
+    assert pool_options(default)["preempt_after_s"] == ray_pool_options(default).preempt_after_s == 2.0
+    off = load_config(write(tmp_path, {**BASE, "pool": {"preempt_after_s": None}}))
+    assert pool_options(off)["preempt_after_s"] is None and ray_pool_options(off).preempt_after_s is None
+    with pytest.raises(ConfigError, match="preempt_after_s"):
+        load_config(write(tmp_path, {**BASE, "pool": {"preempt_after_s": -1}}))

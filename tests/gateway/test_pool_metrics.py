@@ -53,3 +53,13 @@ def test_a_ray_replicas_cold_start_cost_is_rendered():
     assert 'muxgate_pool_replica_start_seconds{replica="r1"} 2.5' in text
     assert 'muxgate_pool_cold_start_waits_total{replica="r1"} 1.0' in text
     assert 'muxgate_pool_cold_start_wait_seconds_total{replica="r1"} 6.25' in text
+
+
+def test_preemptions_and_recomputed_tokens_are_rendered():
+    collector = PoolMetricsCollector()
+    collector.snapshot = [{**SNAPSHOT[0], "preemptions": 3, "recomputed_tokens": 1200}]
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert 'muxgate_pool_preemptions_total{replica="r1"} 3.0' in text
+    assert 'muxgate_pool_recomputed_tokens_total{replica="r1"} 1200.0' in text
