@@ -180,7 +180,9 @@ class TeamConfig(Strict):
     share: float = Field(
         1.0, gt=0, description="The team's weight in each pool replica's fair queue (relative to other teams; "
         "default equal shares): under contention its requests are served in proportion to it, and it may hold that "
-        "part of the replica's queue (`pool.max_queued_requests`).")
+        "part of the replica's queue (`pool.max_queued_requests`). With a store, set here it is written to the "
+        "stored team at every start (like the fields above); left out, the stored value stays, which the admin API "
+        "or `muxgate teams update --share` changes without a restart.")
     store_prompts: bool = Field(
         False, description="Keep this team's `auto` requests' messages and answers in the store beside their routing "
         "features (for `muxgate export distill`). Off: only the features (no text) are kept.")

@@ -87,7 +87,7 @@ class Gateway:
         if self.tenancy is not None:
             self.callers = self.tenancy.authenticator
         else:
-            self.callers = ConfigCallers(ConfigKeyAuthenticator.from_config(config.keys).authenticate,
+            self.callers = ConfigCallers(ConfigKeyAuthenticator.from_config(config.keys, config.teams).authenticate,
                                          AdminKey(resolve_admin_key(config.admin)))
         self.authenticator = authenticator or self.callers
         self.pool_metrics = PoolMetricsCollector()
@@ -101,8 +101,7 @@ class Gateway:
         self.completions = CompletionService(backend, self.router, self.authenticator.authenticate,
                                              self.metrics, config.server,
                                              admission=self.tenancy.admission if self.tenancy else None,
-                                             recorder=self.learning.recorder if self.learning else None,
-                                             shares={t.id: t.share for t in config.teams})
+                                             recorder=self.learning.recorder if self.learning else None)
         self.created = int(time.time())
         self.auth_limiter = FailedAuthLimiter(config.server.auth_failures_per_minute,
                                               trusted_proxies=config.server.trusted_proxies)

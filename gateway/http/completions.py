@@ -158,9 +158,8 @@ def team_session(team_id: str, session_id: str | None) -> str | None:
 class CompletionService:
     def __init__(self, backend: Backend, router: Router, authenticate: Callable[[str | None], Awaitable[Principal]],
                  metrics: GatewayMetrics, server: ServerConfig, admission: Admission | None = None,
-                 recorder=None, shares: dict[str, float] | None = None):
+                 recorder=None):
         self.backend = backend
-        self.shares = shares or {}  # team -> its weight in the pool's fair queue (teams[].share)
         self.router = router
         self.authenticate = authenticate
         self.metrics = metrics
@@ -180,8 +179,9 @@ class CompletionService:
         gen_req = to_generation(parsed, request_id, self.server.default_max_tokens,
                                 session_id=team_session(principal.team_id, request.headers.get("x-session-id")))
         gen_req.cache_salt = principal.team_id  # prefix KV is reused within a team only
-        # fair share in the pool: an opaque team id and its weight, nothing else about the team
-        gen_req.team, gen_req.weight = principal.team_id, self.shares.get(principal.team_id, 1.0)
+        # fair share in the pool: an opaque team id and its weight, nothing else about the team (the
+        # weight is the stored team's, as of the key lookup: an admin change applies within the auth cache TTL)
+        gen_req.team, gen_req.weight = principal.team_id, principal.share
         context = RouteContext(principal.team_id, gen_req.messages, gen_req.prompt, gen_req.session_id,
                                tools=bool(gen_req.tools) and gen_req.tool_choice != "none",
                                structured=gen_req.response_format is not None, allowed=principal.allowed_models)

@@ -48,18 +48,22 @@ class ShadowJob:
 
 
 class ShadowEvaluator:
-    def __init__(self, config: ShadowConfig, backend, admission, store: Store, router, weight: float = 1.0):
+    def __init__(self, config: ShadowConfig, backend, admission, store: Store, router):
         self.config = config
-        self.weight = weight  # the budget team's share: its place in the replicas' fair queue
         self.backend = backend
         self.admission = admission
         self.store = store
         self.router = router
-        self.principal = None  # the budget team's shadow key, resolved at start
+        self.principal = None  # the budget team's shadow key, resolved at start (with the team's stored share)
         self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue()
         self._workers: list[asyncio.Task] = []
         self._idle = 0  # workers waiting for a job
         self.counts = {"submitted": 0, "dropped": 0, "refused": 0, "failed": 0, "unjudged": 0, "evaluated": 0}
+
+    @property
+    def weight(self) -> float:
+        """The budget team's share, as the store had it at start: its place in the replicas' fair queue."""
+        return self.principal.share if self.principal is not None else 1.0
 
     def sampled(self, request_id: str) -> bool:
         return self.config.share > 0 and _unit(self.config.seed, "sample", request_id) < self.config.share

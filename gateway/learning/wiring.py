@@ -21,9 +21,7 @@ class Learning:
     def __init__(self, config, backend, tenancy, router):
         store = tenancy.store
         shadow = config.routing.shadow
-        shares = {t.id: t.share for t in config.teams}
-        self.shadow = (ShadowEvaluator(shadow, backend, tenancy.admission, store, router,
-                                       weight=shares.get(shadow.budget, 1.0))
+        self.shadow = (ShadowEvaluator(shadow, backend, tenancy.admission, store, router)
                        if shadow is not None and shadow.share > 0 else None)
         self.recorder = RoutedRecorder(store, router, frozenset(t.id for t in config.teams if t.store_prompts),
                                        self.shadow)

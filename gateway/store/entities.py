@@ -24,13 +24,14 @@ from gateway.store.validation import (
     check_period,
     check_scopes,
     check_seconds,
+    check_share,
     check_tokens,
 )
 
 
 def new_team(name: str, *, team_id: str | None, budget_usd, budget_period: str,
              rpm_limit: int | None, tpm_limit: int | None, allowed_models: Iterable[str],
-             now: float) -> Team:
+             now: float, share: float = 1.0) -> Team:
     """A validated Team record; the id defaults to ``team_<random>``."""
     return Team(
         id=check_id(team_id, "team id") if team_id is not None else "team_" + secrets.token_hex(6),
@@ -41,11 +42,12 @@ def new_team(name: str, *, team_id: str | None, budget_usd, budget_period: str,
         tpm_limit=check_limit(tpm_limit, "tpm_limit"),
         allowed_models=check_models(allowed_models),
         created_at=now,
+        share=check_share(share),
     )
 
 
 def updated_team(team: Team, *, name=UNSET, budget_usd=UNSET, budget_period=UNSET,
-                 rpm_limit=UNSET, tpm_limit=UNSET, allowed_models=UNSET) -> Team:
+                 rpm_limit=UNSET, tpm_limit=UNSET, allowed_models=UNSET, share=UNSET) -> Team:
     """``team`` with the given fields changed (UNSET = keep, None = unlimited), validated."""
     changes = {}
     if name is not UNSET:
@@ -60,6 +62,8 @@ def updated_team(team: Team, *, name=UNSET, budget_usd=UNSET, budget_period=UNSE
         changes["tpm_limit"] = check_limit(tpm_limit, "tpm_limit")
     if allowed_models is not UNSET:
         changes["allowed_models"] = check_models(allowed_models)
+    if share is not UNSET:
+        changes["share"] = check_share(share)
     return replace(team, **changes)
 
 
@@ -124,7 +128,8 @@ def grace_end(old: ApiKey, grace_s: float, now: float) -> float:
 
 
 def principal_for(team: Team, key: ApiKey) -> Principal:
-    """The caller identity a key yields: scopes plus the team ∩ key model allow-list."""
+    """The caller identity a key yields: scopes, the team ∩ key model allow-list and the
+    team's fair-share weight."""
     if team.allowed_models and key.allowed_models:
         allowed: frozenset[str] | None = frozenset(team.allowed_models) & frozenset(
             key.allowed_models)
@@ -133,7 +138,7 @@ def principal_for(team: Team, key: ApiKey) -> Principal:
     else:
         allowed = None
     return Principal(team_id=team.id, key_id=key.id, scopes=frozenset(key.scopes),
-                     allowed_models=allowed)
+                     allowed_models=allowed, share=team.share)
 
 
 def key_id_of(secret: str) -> str | None:

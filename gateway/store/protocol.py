@@ -46,8 +46,9 @@ class Store(Protocol):
     async def create_team(self, name: str, *, team_id: str | None = None,
                           budget_usd: Money | None = None, budget_period: str = "monthly",
                           rpm_limit: int | None = None, tpm_limit: int | None = None,
-                          allowed_models: Iterable[str] = ()) -> Team:
-        """Create a team; ``team_id`` defaults to a random id. Raises Conflict if it exists."""
+                          allowed_models: Iterable[str] = (), share: float = 1.0) -> Team:
+        """Create a team; ``team_id`` defaults to a random id. Raises Conflict if it exists.
+        ``share``: its weight in the replicas' fair queue (finite, > 0)."""
         ...
 
     async def get_team(self, team_id: str) -> Team | None:
@@ -61,7 +62,7 @@ class Store(Protocol):
     async def update_team(self, team_id: str, *, name: str = UNSET,
                           budget_usd: Money | None = UNSET, budget_period: str = UNSET,
                           rpm_limit: int | None = UNSET, tpm_limit: int | None = UNSET,
-                          allowed_models: Iterable[str] = UNSET) -> Team:
+                          allowed_models: Iterable[str] = UNSET, share: float = UNSET) -> Team:
         """Change the given fields (None = unlimited); returns the new team. NotFound if missing."""
         ...
 

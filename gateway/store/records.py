@@ -75,6 +75,7 @@ class Team:
     tpm_limit: int | None
     allowed_models: tuple[str, ...]  # empty = every model
     created_at: float
+    share: float = 1.0               # weight in each replica's fair queue, relative to other teams
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class Principal:
     key_id: str
     scopes: frozenset[str]
     allowed_models: frozenset[str] | None  # team ∩ key allow-lists; None = every model
+    share: float = 1.0  # the team's weight in the pool's fair queue, as the store had it at lookup
 
     def allows_model(self, model: str) -> bool:
         """Whether this principal may use ``model``."""

@@ -35,17 +35,19 @@ def team_fields(team: Team) -> dict[str, str]:
         "tpm_limit": _opt(team.tpm_limit),
         "allowed_models": json.dumps(list(team.allowed_models)),
         "created_at": repr(team.created_at),
+        "share": repr(team.share),
     }
 
 
 def team_from_fields(h: dict[str, str]) -> Team:
-    """Inverse of :func:`team_fields`."""
+    """Inverse of :func:`team_fields`. A hash written before teams had a share (no field) is an
+    equal share, 1.0."""
     return Team(
         id=h["id"], name=h["name"],
         budget_usd=optional_micros_to_usd(_opt_int(h["budget_micros"])),
         budget_period=h["budget_period"], rpm_limit=_opt_int(h["rpm_limit"]),
         tpm_limit=_opt_int(h["tpm_limit"]), allowed_models=tuple(json.loads(h["allowed_models"])),
-        created_at=float(h["created_at"]))
+        created_at=float(h["created_at"]), share=float(h.get("share") or 1.0))
 
 
 def key_fields(key: ApiKey, key_hash: str) -> dict[str, str]:

@@ -79,7 +79,7 @@ _CELL_SEP = "\x1f"
 # Field names of Team that update_team may change, mapped to their hash fields.
 _TEAM_UPDATE_FIELDS = {"name": "name", "budget_usd": "budget_micros",
                        "budget_period": "budget_period", "rpm_limit": "rpm_limit",
-                       "tpm_limit": "tpm_limit", "allowed_models": "allowed_models"}
+                       "tpm_limit": "tpm_limit", "allowed_models": "allowed_models", "share": "share"}
 
 
 def _retention(period_key: str) -> str:
@@ -162,11 +162,12 @@ class RedisStore(RedisOutcomes):
 
     async def create_team(self, name: str, *, team_id: str | None = None, budget_usd=None,
                           budget_period: str = "monthly", rpm_limit: int | None = None,
-                          tpm_limit: int | None = None, allowed_models: Iterable[str] = ()) -> Team:
+                          tpm_limit: int | None = None, allowed_models: Iterable[str] = (),
+                          share: float = 1.0) -> Team:
         """Create a team. Raises Conflict if the id is taken."""
         team = new_team(name, team_id=team_id, budget_usd=budget_usd, budget_period=budget_period,
                         rpm_limit=rpm_limit, tpm_limit=tpm_limit, allowed_models=allowed_models,
-                        now=self._clock())
+                        now=self._clock(), share=share)
         created = await self._run("CREATE_TEAM", [self._k("team", team.id), self._k("teams")],
                                   [team.id, repr(team.created_at), *flatten(team_fields(team))])
         if not created:
@@ -190,10 +191,11 @@ class RedisStore(RedisOutcomes):
         return [team_from_fields(h) for h in hashes if h]
 
     async def update_team(self, team_id: str, *, name=UNSET, budget_usd=UNSET, budget_period=UNSET,
-                          rpm_limit=UNSET, tpm_limit=UNSET, allowed_models=UNSET) -> Team:
+                          rpm_limit=UNSET, tpm_limit=UNSET, allowed_models=UNSET, share=UNSET) -> Team:
         """Change the given fields; NotFound if the team does not exist."""
         changes = dict(name=name, budget_usd=budget_usd, budget_period=budget_period,
-                       rpm_limit=rpm_limit, tpm_limit=tpm_limit, allowed_models=allowed_models)
+                       rpm_limit=rpm_limit, tpm_limit=tpm_limit, allowed_models=allowed_models,
+                       share=share)
         current = await self.get_team(team_id)
         if current is None:
             raise NotFound(f"team {team_id!r} not found")

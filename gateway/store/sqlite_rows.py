@@ -20,13 +20,14 @@ def team_from_row(row: sqlite3.Row) -> Team:
                 budget_usd=optional_micros_to_usd(row["budget_micros"]),
                 budget_period=row["budget_period"], rpm_limit=row["rpm_limit"],
                 tpm_limit=row["tpm_limit"], allowed_models=tuple(json.loads(row["allowed_models"])),
-                created_at=row["created_at"])
+                created_at=row["created_at"], share=row["share"])
 
 
 def team_values(team: Team) -> tuple:
     """A Team as the values of a ``teams`` row, in column order."""
     return (team.id, team.name, micros_or_none(team.budget_usd), team.budget_period,
-            team.rpm_limit, team.tpm_limit, json.dumps(team.allowed_models), team.created_at)
+            team.rpm_limit, team.tpm_limit, json.dumps(team.allowed_models), team.created_at,
+            team.share)
 
 
 def key_from_row(row: sqlite3.Row) -> ApiKey:

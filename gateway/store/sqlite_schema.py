@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Version 3: what routing learns from (gateway/store/outcomes.py). Routed requests are
 # team-scoped; their text columns stay NULL unless the team stores prompts.
@@ -54,11 +54,12 @@ def _statements(script: str) -> list[str]:
 
 
 # what takes a file of an older version to the next: version 2 adds the ledger's agent columns,
-# version 3 the outcome tables
+# version 3 the outcome tables, version 4 the teams' fair-share weight (older teams: equal shares)
 _MIGRATIONS = {
     1: ["ALTER TABLE usage_records ADD COLUMN tool_calls INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE usage_records ADD COLUMN constrained TEXT"],
     2: _statements(_OUTCOME_TABLES),
+    3: ["ALTER TABLE teams ADD COLUMN share REAL NOT NULL DEFAULT 1.0"],
 }
 
 _SCHEMA = """
@@ -70,7 +71,8 @@ CREATE TABLE IF NOT EXISTS teams (
     rpm_limit INTEGER,
     tpm_limit INTEGER,
     allowed_models TEXT NOT NULL,       -- JSON list
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    share REAL NOT NULL DEFAULT 1.0     -- weight in the replicas' fair queue
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,

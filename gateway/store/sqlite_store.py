@@ -207,16 +207,17 @@ class SQLiteStore(SQLiteOutcomes):
 
     async def create_team(self, name: str, *, team_id: str | None = None, budget_usd=None,
                           budget_period: str = "monthly", rpm_limit: int | None = None,
-                          tpm_limit: int | None = None, allowed_models: Iterable[str] = ()) -> Team:
+                          tpm_limit: int | None = None, allowed_models: Iterable[str] = (),
+                          share: float = 1.0) -> Team:
         """Create a team. Raises Conflict if the id is taken."""
         team = new_team(name, team_id=team_id, budget_usd=budget_usd, budget_period=budget_period,
                         rpm_limit=rpm_limit, tpm_limit=tpm_limit, allowed_models=allowed_models,
-                        now=self._clock())
+                        now=self._clock(), share=share)
 
         def _create(conn):
             try:
                 with immediate(conn):
-                    conn.execute("INSERT INTO teams VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    conn.execute("INSERT INTO teams VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                  team_values(team))
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"team {team.id!r} already exists") from exc
@@ -238,10 +239,11 @@ class SQLiteStore(SQLiteOutcomes):
             team_from_row(r) for r in conn.execute("SELECT * FROM teams ORDER BY created_at, id")])
 
     async def update_team(self, team_id: str, *, name=UNSET, budget_usd=UNSET, budget_period=UNSET,
-                          rpm_limit=UNSET, tpm_limit=UNSET, allowed_models=UNSET) -> Team:
+                          rpm_limit=UNSET, tpm_limit=UNSET, allowed_models=UNSET, share=UNSET) -> Team:
         """Change the given fields; NotFound if the team does not exist."""
         changes = dict(name=name, budget_usd=budget_usd, budget_period=budget_period,
-                       rpm_limit=rpm_limit, tpm_limit=tpm_limit, allowed_models=allowed_models)
+                       rpm_limit=rpm_limit, tpm_limit=tpm_limit, allowed_models=allowed_models,
+                       share=share)
 
         def _update(conn):
             with immediate(conn):
@@ -251,9 +253,9 @@ class SQLiteStore(SQLiteOutcomes):
                 team = updated_team(team_from_row(row), **changes)
                 conn.execute(
                     "UPDATE teams SET name = ?, budget_micros = ?, budget_period = ?, "
-                    "rpm_limit = ?, tpm_limit = ?, allowed_models = ? WHERE id = ?",
+                    "rpm_limit = ?, tpm_limit = ?, allowed_models = ?, share = ? WHERE id = ?",
                     (team.name, micros_or_none(team.budget_usd), team.budget_period, team.rpm_limit,
-                     team.tpm_limit, json.dumps(team.allowed_models), team.id))
+                     team.tpm_limit, json.dumps(team.allowed_models), team.share, team.id))
             return team
 
         return await self._call(_update)

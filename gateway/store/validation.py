@@ -93,6 +93,14 @@ def check_limit(value: int | None, what: str) -> int | None:
     return value
 
 
+def check_share(value: float) -> float:
+    """A team's fair-share weight: a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise InvalidInput(f"share must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
 def check_count(value: int, what: str) -> int:
     """A positive integer such as a page size."""
     if value is None:

@@ -36,6 +36,14 @@ def _dollars(text: str):
     return NULL if text.lower() in UNLIMITED else text
 
 
+def _share(text: str) -> float:
+    """A team's fair-share weight (the admin operations refuse one that is not finite and > 0)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
 def _models(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
@@ -83,6 +91,15 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=_models, help="comma-separated allowed models ('': all)")
 
 
+_TEAM_OPTIONS = {**_LIMIT_OPTIONS, "share": "share"}
+
+
+def _add_team_limits(p: argparse.ArgumentParser) -> None:
+    _add_limits(p)
+    p.add_argument("--share", type=_share, help="weight in each replica's fair queue, relative to other teams "
+                   "(> 0; default 1)")
+
+
 def _teams(sub) -> None:
     teams = sub.add_parser("teams", help="teams: list, show, create, update, delete").add_subparsers(
         dest="teams_command", required=True)
@@ -94,15 +111,15 @@ def _teams(sub) -> None:
     p = teams.add_parser("create", help="create a team")
     p.add_argument("name")
     p.add_argument("--id", help="team id (default: random)")
-    _add_limits(p)
+    _add_team_limits(p)
     p.set_defaults(func=lambda a: _run(a, lambda ops, *_: ops.create_team(
-        {"name": a.name, **_given(a, {"id": "id", **_LIMIT_OPTIONS})})))
-    p = teams.add_parser("update", help="change a team's name or limits (only the options given)")
+        {"name": a.name, **_given(a, {"id": "id", **_TEAM_OPTIONS})})))
+    p = teams.add_parser("update", help="change a team's name, limits or share (only the options given)")
     p.add_argument("team")
     p.add_argument("--name")
-    _add_limits(p)
+    _add_team_limits(p)
     p.set_defaults(func=lambda a: _run(a, lambda ops, *_: ops.update_team(
-        a.team, _given(a, {"name": "name", **_LIMIT_OPTIONS}))))
+        a.team, _given(a, {"name": "name", **_TEAM_OPTIONS}))))
     p = teams.add_parser("delete", help="delete a team and revoke its keys (its usage stays)")
     p.add_argument("team")
     p.set_defaults(func=lambda a: _run(a, lambda ops, *_: ops.delete_team(a.team)))

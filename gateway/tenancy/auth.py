@@ -13,7 +13,7 @@ import hmac
 import os
 from pathlib import Path
 
-from gateway.config import ConfigError, KeyConfig
+from gateway.config import ConfigError, KeyConfig, TeamConfig
 from gateway.http.errors import Unauthorized
 from gateway.tenancy.keys import generate_key, key_digest
 from gateway.store.records import Principal
@@ -76,9 +76,13 @@ class ConfigKeyAuthenticator:
         self._by_hash = {key_digest(secret): principal for principal, secret in keys}
 
     @classmethod
-    def from_config(cls, keys: list[KeyConfig]) -> "ConfigKeyAuthenticator":
+    def from_config(cls, keys: list[KeyConfig], teams: list[TeamConfig] = ()) -> "ConfigKeyAuthenticator":
+        """The config's keys, each a principal of its team with the team's `share` (1 for a team
+        the config does not declare): without a store the YAML is where a team's weight lives."""
+        shares = {t.id: t.share for t in teams}
         return cls([(Principal(team_id=k.team, key_id=f"{k.team}/{k.name}", scopes=frozenset({"inference"}),
-                               allowed_models=None), resolve_key(k)[0]) for k in keys])
+                               allowed_models=None, share=shares.get(k.team, 1.0)), resolve_key(k)[0])
+                    for k in keys])
 
     async def authenticate(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)

@@ -27,6 +27,7 @@ class TeamCreate(Strict):
     rpm_limit: int | None = Field(None, ge=1)
     tpm_limit: int | None = Field(None, ge=1)
     allowed_models: list[str] = Field(default_factory=list, description="Empty: every model.")
+    share: float = Field(1.0, gt=0, description="Weight in each replica's fair queue.")
 
 
 class TeamUpdate(Strict):
@@ -38,6 +39,7 @@ class TeamUpdate(Strict):
     rpm_limit: int | None = Field(None, ge=1)
     tpm_limit: int | None = Field(None, ge=1)
     allowed_models: list[str] | None = None
+    share: float | None = Field(None, gt=0)
 
 
 class KeyCreate(Strict):
@@ -78,7 +80,7 @@ def money(value: Decimal | None) -> float | None:
 def team_json(team: Team, spend: Spend | None = None) -> dict:
     out = {"object": "team", "id": team.id, "name": team.name, "budget_usd": money(team.budget_usd),
            "budget_period": team.budget_period, "rpm_limit": team.rpm_limit, "tpm_limit": team.tpm_limit,
-           "allowed_models": list(team.allowed_models), "created_at": team.created_at}
+           "allowed_models": list(team.allowed_models), "share": team.share, "created_at": team.created_at}
     if spend is not None:
         out["spend"] = spend_json(spend)
     return out
@@ -117,7 +119,8 @@ class TenancyOps:
         with mapped_store_errors():
             team = await self.store.create_team(
                 spec.name, team_id=spec.id, budget_usd=spec.budget_usd, budget_period=spec.budget_period,
-                rpm_limit=spec.rpm_limit, tpm_limit=spec.tpm_limit, allowed_models=spec.allowed_models)
+                rpm_limit=spec.rpm_limit, tpm_limit=spec.tpm_limit, allowed_models=spec.allowed_models,
+                share=spec.share)
         return team_json(team)
 
     async def list_teams(self) -> dict:
@@ -136,12 +139,12 @@ class TenancyOps:
     async def update_team(self, team_id: str, body: dict) -> dict:
         spec = parse_input(TeamUpdate, body)
         changes = {name: getattr(spec, name) for name in spec.model_fields_set}
-        for name in ("name", "budget_period", "allowed_models"):
+        for name in ("name", "budget_period", "allowed_models", "share"):
             if name in changes and changes[name] is None:
                 raise BadRequest(f"'{name}' cannot be null.", param=name, code="invalid_request")
         with mapped_store_errors():
             team = await self.store.update_team(team_id, **{k: changes.get(k, UNSET) for k in (
-                "name", "budget_usd", "budget_period", "rpm_limit", "tpm_limit", "allowed_models")})
+                "name", "budget_usd", "budget_period", "rpm_limit", "tpm_limit", "allowed_models", "share")})
         return team_json(team)
 
     async def delete_team(self, team_id: str) -> dict:

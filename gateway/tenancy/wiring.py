@@ -124,13 +124,18 @@ class Tenancy:
         await self.store.close()
 
 
+# The TeamConfig fields that are the stored team's: one the YAML sets is written to the store at
+# every start (the YAML wins over an admin API change), one it leaves out keeps the stored value.
+STORED_TEAM_FIELDS = ("name", "budget_usd", "budget_period", "rpm_limit", "tpm_limit", "allowed_models", "share")
+
+
 async def _ensure_team(store: Store, team: TeamConfig | None, team_id: str) -> None:
     """Create the team when missing; re-apply the fields the YAML sets explicitly."""
     explicit = {} if team is None else {
-        name: getattr(team, name) for name in team.model_fields_set
-        if name in ("name", "budget_usd", "budget_period", "rpm_limit", "tpm_limit", "allowed_models")}
+        name: getattr(team, name) for name in team.model_fields_set if name in STORED_TEAM_FIELDS}
     if await store.get_team(team_id) is None:
-        fields = dict(budget_usd=None, budget_period="monthly", rpm_limit=None, tpm_limit=None, allowed_models=())
+        fields = dict(budget_usd=None, budget_period="monthly", rpm_limit=None, tpm_limit=None, allowed_models=(),
+                      share=1.0)
         fields.update({k: v for k, v in explicit.items() if k != "name"})
         try:
             await store.create_team(explicit.get("name") or team_id, team_id=team_id, **fields)

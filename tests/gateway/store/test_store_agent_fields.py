@@ -51,7 +51,8 @@ async def test_a_version_1_sqlite_file_is_migrated_keeping_its_ledger(tmp_path):
     await shared.aclose()
     # make it the file an older muxgate wrote: usage_records without the agent columns
     as_older_schema(path, ["ALTER TABLE usage_records DROP COLUMN constrained",
-                           "ALTER TABLE usage_records DROP COLUMN tool_calls"], 1)
+                           "ALTER TABLE usage_records DROP COLUMN tool_calls",
+                           "ALTER TABLE teams DROP COLUMN share"], 1)
 
     reopened = Backend("sqlite", sqlite_path=path)
     try:

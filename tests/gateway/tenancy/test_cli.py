@@ -60,6 +60,20 @@ def test_teams_and_keys_commands(setup, capsys):
     assert info.value.code == 1 and "not found" in capsys.readouterr().err
 
 
+def test_a_teams_share_is_set_and_changed_by_the_cli(setup, capsys):
+    _, config = setup
+    assert run(capsys, config, "teams", "create", "Batch", "--id", "batch", "--share", "0.5")["share"] == 0.5
+    updated = run(capsys, config, "teams", "update", "batch", "--share", "3", "--rpm", "10")
+    assert (updated["share"], updated["rpm_limit"]) == (3.0, 10)
+    assert run(capsys, config, "teams", "update", "batch", "--rpm", "20")["share"] == 3.0
+    assert {t["id"]: t["share"] for t in run(capsys, config, "teams", "list")["data"]}["batch"] == 3.0
+    for bad in ("0", "inf"):
+        with pytest.raises(SystemExit) as info:
+            main(["teams", "update", "batch", "--share", bad, "--config", config])
+        assert info.value.code == 1 and "'share'" in capsys.readouterr().err
+    assert run(capsys, config, "teams", "show", "batch")["share"] == 3.0
+
+
 def test_a_key_made_by_the_cli_works_on_a_running_gateway_until_the_cli_revokes_it(setup, start_server, capsys):
     raw, config = setup
     server = start_server(raw)
