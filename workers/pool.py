@@ -300,7 +300,8 @@ class ModelPool:
 
     def _pause_for(self, model: str, nbytes: int) -> None:
         """No idle model frees enough for `model`'s load: pause busy ones until idle + paused would,
-        cheapest swap first. A paused model finishes what it admitted and admits nothing new."""
+        cheapest swap first. A paused model finishes what it admitted (or, after `preempt_after_s`, has
+        it preempted: `_preempt`) and admits nothing new."""
         paused = self._paused_for.setdefault(model, set())
         others = [n for n in self._resident if n != model]
         count = len(self._resident) + len(self._loading)
