@@ -316,10 +316,10 @@ class PoolConfig(Strict):
     preempt_after_s: float | None = Field(
         2.0, ge=0, description="When models take turns on a replica, a model paused for another's load has its "
         "requests still running this long after the pause preempted: their KV is released and recomputed once the "
-        "model is back (the streams go on where they stopped, same tokens), unless finishing a request is cheaper "
-        "(its remaining tokens take less time to decode than its KV takes to recompute, by measured step times). "
-        "Bounds a cold model's wait to about this plus one step plus the loads. null or 0: never preempt (the paused "
-        "model's running requests finish, each up to its max_tokens).")
+        "model is back (the streams go on where they stopped; the same tokens in float32, in bf16 near-ties may "
+        "flip), unless finishing a request is cheaper (its remaining tokens take less time to decode than its KV "
+        "takes to recompute, by measured step times). Bounds a cold model's wait to about this plus one step plus "
+        "the loads. null or 0: never preempt (the paused model's running requests finish, each up to its max_tokens).")
     max_ongoing_requests: int = Field(256, ge=1, description="Ray Serve max_ongoing_requests per replica.")
     max_queued_requests: int = Field(
         256, ge=1, description="Requests a replica holds waiting for their first token (load, KV admission, prefill). "
