@@ -248,6 +248,7 @@ def deploy_pool(specs: list[ModelSpec], options: PoolOptions, ray_address: str |
             os.environ.setdefault("RAY_task_events_shutdown_flush_timeout_ms", "500")
         ray.init(address=ray_address, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True)
+    _auto_connect(True)
     serve.start(proxy_location="Disabled")
     global _board, _shutdown_grace_s
     _shutdown_grace_s = options.shutdown_grace_s
@@ -262,6 +263,7 @@ def attach_pool(ray_address: str | None = None):
     if not ray.is_initialized():
         ray.init(address=ray_address or "auto", include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True)
+    _auto_connect(True)
     return serve.get_app_handle(APP_NAME)
 
 
@@ -330,4 +332,16 @@ def shutdown_pool() -> None:
         log.warning("could not delete the pool application: %r", exc)
     finally:
         ray.shutdown()
+        _auto_connect(False)
         log.info("pool shut down in %.1f s", time.monotonic() - started)
+
+
+def _auto_connect(enabled: bool) -> None:
+    """Ray's auto-init (any Ray call starts a local Ray when none is connected) is off from
+    shutdown_pool until deploy_pool or attach_pool connect again: Serve handles keep background
+    threads that outlive ray.shutdown() (a handle's autoscaling metrics pusher calls ray.wait every
+    interval), and one such call would start a new local Ray that no one owns or stops, so the
+    process's next ray.init failed ("called ray.init twice"). Both connect explicitly."""
+    from ray._private import auto_init_hook
+
+    auto_init_hook.enable_auto_connect = enabled and os.environ.get("RAY_ENABLE_AUTO_CONNECT", "") != "0"

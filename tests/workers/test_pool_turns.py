@@ -40,7 +40,7 @@ def test_a_cold_model_gets_its_turn_on_a_replica_busy_with_a_hot_one(zoo_dir):
     assert all(a.finish_reason is not None for a in answers)  # no hot request failed while it waited its turn
     assert stats["pauses"] >= 1 and stats["evictions"] >= 2  # out for the cold one, and the swap back
     assert stats["resident"] == ["mux-2m"] and stats["paused"] == []
-    assert stats["paused_seconds"]["mux-2m"] > 0 and "mux-5m" not in stats["paused_seconds"]  # what the turn cost it
+    assert stats["paused_seconds"]["mux-2m"] > 0  # what the turn cost it (the cold one may be paused for the swap back)
     pool.close()
 
 
