@@ -321,6 +321,7 @@ def shutdown_pool() -> None:
     """
     import ray
 
+    _auto_connect(False)  # before ray.shutdown: once it is under way, is_initialized() is already False
     if not ray.is_initialized():
         return
     bound_s = _shutdown_grace_s + SHUTDOWN_MARGIN_S
@@ -332,7 +333,6 @@ def shutdown_pool() -> None:
         log.warning("could not delete the pool application: %r", exc)
     finally:
         ray.shutdown()
-        _auto_connect(False)
         log.info("pool shut down in %.1f s", time.monotonic() - started)
 
 
