@@ -28,6 +28,7 @@ SHUTDOWN_WAIT_LOOP_S = 0.2  # how often a stopping replica checks for in-flight 
 SHUTDOWN_MARGIN_S = 5.0  # on top of the grace: the controller's stop, the replica's hook, the status poll
 POLICY_PATH = "workers.autoscaling:PoolAutoscalingPolicy"
 _board = None
+_handles: list = []  # the pool handles deploy_pool / attach_pool gave out: their routers stop at shutdown_pool
 _shutdown_grace_s = SHUTDOWN_GRACE_S  # of the application deploy_pool deployed
 log = logging.getLogger("muxgate.pool")
 
@@ -253,7 +254,9 @@ def deploy_pool(specs: list[ModelSpec], options: PoolOptions, ray_address: str |
     global _board, _shutdown_grace_s
     _shutdown_grace_s = options.shutdown_grace_s
     _board = _stats_board(_board)
-    return serve.run(build_pool_app(specs, options), name=APP_NAME, route_prefix=None)
+    handle = serve.run(build_pool_app(specs, options), name=APP_NAME, route_prefix=None)
+    _handles.append(handle)
+    return handle
 
 
 def attach_pool(ray_address: str | None = None):
@@ -264,7 +267,9 @@ def attach_pool(ray_address: str | None = None):
         ray.init(address=ray_address or "auto", include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True)
     _auto_connect(True)
-    return serve.get_app_handle(APP_NAME)
+    handle = serve.get_app_handle(APP_NAME)
+    _handles.append(handle)
+    return handle
 
 
 async def replica_stats() -> list[dict]:
@@ -332,8 +337,25 @@ def shutdown_pool() -> None:
     except Exception as exc:  # a controller that died meanwhile, a timeout: disconnect all the same
         log.warning("could not delete the pool application: %r", exc)
     finally:
+        _stop_handle_routers(bound_s)
         ray.shutdown()
         log.info("pool shut down in %.1f s", time.monotonic() - started)
+
+
+def _stop_handle_routers(bound_s: float) -> None:
+    """Stop the Serve routers of the handles this process was given (handle.options() shares its
+    handle's router): each runs background tasks (long polls, an autoscaling pool's metrics pusher
+    every interval) on Serve's router thread, which outlives ray.shutdown() and would go on calling
+    into a Ray that is gone. Bounded: a router that does not stop in time is left to the process."""
+    import threading
+
+    handles, _handles[:] = list(_handles), []
+    for handle in handles:
+        stopper = threading.Thread(target=handle.shutdown, daemon=True, name="serve-handle-shutdown")
+        stopper.start()
+        stopper.join(min(2.0, bound_s))
+        if stopper.is_alive():
+            log.warning("a pool handle's router did not stop within 2 s; leaving it")
 
 
 def _auto_connect(enabled: bool) -> None:

@@ -46,3 +46,26 @@ def test_a_late_ray_call_from_a_handle_thread_does_not_start_ray_again(zoo_dir):
     pusher.join(60)
     assert not ray.is_initialized()  # before: that call started a new local Ray
     assert failures  # the late call fails instead (Serve logs it and its thread goes on)
+
+
+def test_the_handles_routers_stop_with_the_pool(zoo_dir, capfd):
+    """An autoscaling pool's handle pushes metrics every interval from Serve's router thread; once
+    the pool is shut down that router is stopped, instead of failing every interval for the rest
+    of the process (before: "Failed to run metrics task" four times a second)."""
+    import time
+
+    config = parse_config(make_config(zoo_dir, pool={
+        "backend": "ray", "num_cpus": 0.5, "torch_threads": 1, "kv_reserve_tokens": 64,
+        "autoscaling": {"min_replicas": 1, "max_replicas": 1, "metrics_interval_s": 0.1, "look_back_period_s": 1}}))
+    backend = make_pool_backend(config, use_ray=True)
+
+    async def go():
+        chunks = [c async for c in backend.generate("mux-2m", GenerationRequest("t", prompt="hi", max_tokens=2,
+                                                                                   temperature=0))]
+        assert chunks[-1].finish_reason is not None
+        await backend.close()
+
+    asyncio.run(go())
+    capfd.readouterr()
+    time.sleep(1.0)  # ten metrics intervals (Serve's router logs to stderr itself)
+    assert "Failed to run metrics task" not in capfd.readouterr().err
