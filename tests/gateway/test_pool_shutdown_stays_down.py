@@ -19,6 +19,13 @@ from workers.types import GenerationRequest
 pytestmark = pytest.mark.ray
 
 
+async def answer_once_and_close(backend) -> None:
+    chunks = [c async for c in backend.generate("mux-2m", GenerationRequest("t", prompt="hi", max_tokens=2,
+                                                                               temperature=0))]
+    assert chunks[-1].finish_reason is not None
+    await backend.close()
+
+
 def test_a_late_ray_call_from_a_handle_thread_does_not_start_ray_again(zoo_dir):
     import ray
 
@@ -26,13 +33,7 @@ def test_a_late_ray_call_from_a_handle_thread_does_not_start_ray_again(zoo_dir):
                                                      "kv_reserve_tokens": 64}))
     backend = make_pool_backend(config, use_ray=True)
 
-    async def go():
-        chunks = [c async for c in backend.generate("mux-2m", GenerationRequest("t", prompt="hi", max_tokens=2,
-                                                                                   temperature=0))]
-        assert chunks[-1].finish_reason is not None
-        await backend.close()
-
-    asyncio.run(go())
+    asyncio.run(answer_once_and_close(backend))
     failures: list[BaseException] = []
 
     def late_metrics_push():  # what a handle's metrics pusher does on its next tick
@@ -59,13 +60,7 @@ def test_the_handles_routers_stop_with_the_pool(zoo_dir, capfd):
         "autoscaling": {"min_replicas": 1, "max_replicas": 1, "metrics_interval_s": 0.1, "look_back_period_s": 1}}))
     backend = make_pool_backend(config, use_ray=True)
 
-    async def go():
-        chunks = [c async for c in backend.generate("mux-2m", GenerationRequest("t", prompt="hi", max_tokens=2,
-                                                                                   temperature=0))]
-        assert chunks[-1].finish_reason is not None
-        await backend.close()
-
-    asyncio.run(go())
+    asyncio.run(answer_once_and_close(backend))
     capfd.readouterr()
     time.sleep(1.0)  # ten metrics intervals (Serve's router logs to stderr itself)
     assert "Failed to run metrics task" not in capfd.readouterr().err
