@@ -33,6 +33,7 @@ import os
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.mux_trace import TRACE_MODELS, serve_multiplexed_app
@@ -157,24 +158,68 @@ def one_process_floor(system: dict) -> dict:
     return {"a_throughput_floor_one_process": floor, "together_cpu_share": system["together"].get("process_cpu_share")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def add_flood_arguments(parser: argparse.ArgumentParser, a_clients: int, budget_help: str) -> None:
+    """The flood's knobs, shared with loadtests/replica_spread_bench.py."""
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--a-clients", type=int, default=4, help="team A's requests always in flight")
+    parser.add_argument("--a-clients", type=int, default=a_clients, help="team A's requests always in flight")
     parser.add_argument("--b-rate", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--deadline-s", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-fraction", type=float, default=1 / 3,
-                        help="the replica's device budget, as a fraction of the twelve models' bytes")
+    parser.add_argument("--budget-fraction", type=float, default=1 / 3, help=budget_help)
+    parser.add_argument("--zoo", default="var/zoo")
+
+
+@dataclass(frozen=True)
+class Flood:
+    """The zoo's twelve models, each one's reservation, the device budget and B's arrivals."""
+
+    specs: list
+    sizes: dict[str, int]
+    budget: int
+    arrivals: list[tuple[float, str]]
+    max_tokens: int
+
+    def request(self, name: str, team: str):
+        from workers.types import GenerationRequest
+
+        return GenerationRequest(f"{name}-{team}", prompt="Summarise the quarterly report in one line",
+                                 max_tokens=self.max_tokens, temperature=0.0, team=team)
+
+
+def make_flood(args) -> Flood:
+    from workers.dtypes import default_dtype
+    from workers.footprint import predict_footprint
+    from workers.types import ModelSpec
+    from workers.zoo import build_zoo
+
+    build_zoo(Path(args.zoo), TRACE_MODELS, progress=False)
+    specs = [ModelSpec(m, str(Path(args.zoo) / m)) for m in TRACE_MODELS]
+    # what a replica reserves for each: weights + a 256-token KV reserve, no prefix cache
+    sizes = {s.name: predict_footprint(s.name, s.path, default_dtype("cpu"), 256).total for s in specs}
+    return Flood(specs, sizes, int(sum(sizes.values()) * args.budget_fraction),
+                 b_arrivals(args.seconds, args.b_rate, args.seed), args.max_tokens)
+
+
+def replica_totals(stats: list[dict]) -> dict:
+    """Pool replicas' stats (from their board) summed over the replicas."""
+    total = lambda key: sum(s[key] for s in stats)  # noqa: E731
+    return {"replicas": len(stats), "loads": {k: sum(s["loads"][k] for s in stats) for k in ("cold", "warm")},
+            "evictions": total("evictions"), "pauses": total("pauses"), "queue_refusals": total("queue_refusals"),
+            "hot_model_on_replicas": sum(HOT in s["resident"] for s in stats)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    add_flood_arguments(parser, a_clients=4,
+                        budget_help="the replica's device budget, as a fraction of the twelve models' bytes")
     parser.add_argument("--serve-models", type=int, default=3, help="Serve's max_num_models_per_replica")
     parser.add_argument("--systems", default="inprocess,serve",
                         help="comma-separated: inprocess (muxgate's ModelPool in this process), ray (muxgate's Ray "
                         "Serve pool, --replicas), serve (Ray Serve @serve.multiplexed baseline)")
     parser.add_argument("--replicas", type=int, default=1, help="replicas of muxgate's Ray pool (--systems ray)")
     parser.add_argument("--no-serve", action="store_true", help="drop `serve` from --systems")
-    parser.add_argument("--zoo", default="var/zoo")
     args = parser.parse_args()
     if args.no_serve:
         args.systems = ",".join(x for x in args.systems.split(",") if x.strip() != "serve")
@@ -182,21 +227,14 @@ def main() -> None:
     import torch
 
     from workers.pool import ModelPool
-    from workers.types import GenerationRequest, ModelSpec
-    from workers.zoo import build_zoo
 
     torch.set_num_threads(1)
-    build_zoo(Path(args.zoo), TRACE_MODELS, progress=False)
-    paths = {m: str(Path(args.zoo) / m) for m in TRACE_MODELS}
-    specs = [ModelSpec(m, p) for m, p in paths.items()]
-    probe = ModelPool(specs, kv_reserve_tokens=256, prefix_cache_bytes=0)
-    sizes = {m: probe.footprint(m).total for m in TRACE_MODELS}
-    budget = int(sum(sizes.values()) * args.budget_fraction)
-    arrivals = b_arrivals(args.seconds, args.b_rate, args.seed)
+    flood = make_flood(args)
+    specs, sizes, budget, arrivals = flood.specs, flood.sizes, flood.budget, flood.arrivals
+    paths = {spec.name: spec.path for spec in specs}
 
-    def request(team: str) -> GenerationRequest:
-        return GenerationRequest(f"contention-{team}", prompt="Summarise the quarterly report in one line",
-                                 max_tokens=args.max_tokens, temperature=0.0, team=team)
+    def request(team: str):
+        return flood.request("contention", team)
 
     async def muxgate():
         pool = ModelPool(specs, torch_threads=1, device_budget_bytes=budget, host_budget_bytes=sum(sizes.values()),
@@ -243,12 +281,7 @@ def main() -> None:
 
             async def stats():
                 await asyncio.sleep(1.0)  # replicas post their stats every 0.5 s
-                mine = [s for s in await replica_stats() if s["replica"] not in earlier]
-                total = lambda key: sum(s[key] for s in mine)  # noqa: E731
-                return {"replicas": len(mine), "loads": {k: sum(s["loads"][k] for s in mine) for k in ("cold", "warm")},
-                        "evictions": total("evictions"), "pauses": total("pauses"),
-                        "queue_refusals": total("queue_refusals"),
-                        "hot_model_on_replicas": sum(HOT in s["resident"] for s in mine)}
+                return replica_totals([s for s in await replica_stats() if s["replica"] not in earlier])
 
             return call, close, stats
 

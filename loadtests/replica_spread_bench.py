@@ -24,10 +24,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from loadtests.contention_bench import HOT, Phase, b_arrivals
-from loadtests.mux_trace import TRACE_MODELS
+from loadtests.contention_bench import HOT, Phase, add_flood_arguments, make_flood, replica_totals
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPLICAS = 2
@@ -35,17 +33,9 @@ REPLICAS = 2
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--a-clients", type=int, default=16, help="team A's requests always in flight")
-    parser.add_argument("--b-rate", type=float, default=1.0)
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--deadline-s", type=float, default=30.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-fraction", type=float, default=1 / 3,
-                        help="each replica's device budget, as a fraction of the twelve models' bytes")
+    add_flood_arguments(parser, a_clients=16,
+                        budget_help="each replica's device budget, as a fraction of the twelve models' bytes")
     parser.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per replica")
-    parser.add_argument("--zoo", default="var/zoo")
     parser.add_argument("--mode", choices=("both", "on", "off"), default="both",
                         help="on/off: one mode in this process; both: each in a fresh process (a process's Serve "
                         "router for the pool outlives a redeploy, its spreading setting with it)")
@@ -56,21 +46,13 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from workers.dtypes import default_dtype
-    from workers.footprint import predict_footprint
     from workers.serve_app import APP_NAME, PoolOptions, deploy_pool, replica_stats
-    from workers.types import GenerationRequest, ModelSpec
-    from workers.zoo import build_zoo
 
-    build_zoo(Path(args.zoo), TRACE_MODELS, progress=False)
-    specs = [ModelSpec(m, str(Path(args.zoo) / m)) for m in TRACE_MODELS]
-    sizes = {s.name: predict_footprint(s.name, s.path, default_dtype("cpu"), 256).total for s in specs}
-    budget = int(sum(sizes.values()) * args.budget_fraction)
-    arrivals = b_arrivals(args.seconds, args.b_rate, args.seed)
+    flood = make_flood(args)
+    specs, sizes, budget, arrivals = flood.specs, flood.sizes, flood.budget, flood.arrivals
 
-    def request(team: str) -> GenerationRequest:
-        return GenerationRequest(f"spread-{team}", prompt="Summarise the quarterly report in one line",
-                                 max_tokens=args.max_tokens, temperature=0.0, team=team)
+    def request(team: str):
+        return flood.request("spread", team)
 
     async def one_mode(spread: bool) -> dict:
         options = PoolOptions(replicas=REPLICAS, num_cpus=args.num_cpus, torch_threads=1, device_budget_bytes=budget,
@@ -100,10 +82,7 @@ def main() -> None:
             out = await Phase(call, args.seconds, args.deadline_s).run(args.a_clients, arrivals)
             await asyncio.sleep(1.0)  # replicas post their stats every 0.5 s
             stats = await mine()
-            out.update(a_by_replica=sorted(a_by_replica.values(), reverse=True),
-                       hot_model_on_replicas=sum(HOT in s["resident"] for s in stats),
-                       pauses=sum(s["pauses"] for s in stats), evictions=sum(s["evictions"] for s in stats),
-                       loads={k: sum(s["loads"][k] for s in stats) for k in ("cold", "warm")},
+            out.update(replica_totals(stats), a_by_replica=sorted(a_by_replica.values(), reverse=True),
                        past_deadline=out.get("a_missed", 0) + out.get("b_missed", 0))
             return out
         finally:
