@@ -27,6 +27,12 @@ from typing import Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+def effective_weight(weight: float, priority: int = 0) -> float:
+    """A request's share in the fair queue: its team's weight times 2**priority (the replica's
+    bounded queue splits its room by the same number)."""
+    return max(weight, 1e-6) * 2.0 ** priority
+
+
 class FairQueue(Generic[T]):
     """Items in fair order (`iter`); `take` removes one that is served, `drop` one that is not."""
 
@@ -48,7 +54,7 @@ class FairQueue(Generic[T]):
 
     def push(self, item: T, team: str | None, cost: float, weight: float = 1.0, priority: int = 0) -> float:
         """Queue `item` for `team` (None: one shared anonymous team); returns its finish tag."""
-        share = max(weight, 1e-6) * 2.0 ** priority
+        share = effective_weight(weight, priority)
         start = max(self.virtual, self._last_finish.get(team, 0.0))
         tag = start + max(cost, 1.0) / share
         self._last_finish[team] = tag

@@ -37,6 +37,7 @@ from typing import AsyncIterator
 
 from workers.checkpoint import servable_models
 from workers.eviction import make_policy
+from workers.fair_queue import effective_weight
 from workers.dtypes import default_dtype
 from workers.footprint import Footprint, predict_footprint
 from workers.memory import ByteLedger, DeviceMemory, nvml_memory
@@ -366,7 +367,7 @@ class ModelPool:
         """Count `req` as waiting for its first token, or refuse it: when the replica's queue is
         full and its team already holds its weighted part of it (or the queue is at twice the bound)."""
         team, total = req.team, sum(self._queued.values())
-        self._weights[team] = max(req.weight * 2.0 ** req.priority, 1e-6)  # as the engines' fair queue weighs it
+        self._weights[team] = effective_weight(req.weight, req.priority)  # as the engines' fair queue weighs it
         if total >= self.max_queued_requests:
             present = {t for t, n in self._queued.items() if n} | {team}
             part = self.max_queued_requests * self._weights[team] / sum(self._weights[t] for t in present)
